@@ -1,0 +1,85 @@
+"""The command line, in the style of RecBole's ``run_recbole.py``; a thin shell over importable functions.
+
+    python run_recbole_linear.py --model=LRURec --dataset=ml-100k --config_files="a.yaml b.yaml" --epochs=10
+    python run_recbole_linear.py tune --model=LRURec --params_file=properties/hyper/LRURec.hyper ...
+    python run_recbole_linear.py compare --models=LRURec,SASRec --seeds=2020,2021 ...
+
+Every ``--key=value`` the parser does not know goes to the RecBole config (highest precedence).
+Bad input (unknown model or dataset, unreadable config file, invalid values) ends with one line on
+stderr and exit status 2, no traceback.
+"""
+import argparse
+import importlib
+import sys
+
+from recbole_linear.config import parse_cmd_args
+from recbole_linear.errors import RecBoleLinearError
+
+PROG = "run_recbole_linear.py"
+# subcommand -> module exposing cli_main(argv) -> int
+SUBCOMMANDS = {"tune": "recbole_linear.tune", "compare": "recbole_linear.compare"}
+
+
+def common_parser(prog, description):
+    """Arguments every subcommand shares: dataset and config files (overrides ride along as --key=value)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: RecBole's bundled ml-100k)")
+    parser.add_argument(
+        "--config_files", default=None, help="space-separated YAML config files; later files win"
+    )
+    return parser
+
+
+def split_config_files(value):
+    return value.split() if value else None
+
+
+def parse_known(parser, argv):
+    """Parse ``argv``; anything unknown must be a ``--key=value`` config override."""
+    args, rest = parser.parse_known_args(argv)
+    parse_cmd_args(rest)  # raises ConfigError for anything not --key=value
+    return args, rest
+
+
+def run_parser():
+    parser = common_parser(PROG, "Train and test one model (plugin or RecBole built-in) on a RecBole dataset.")
+    parser.add_argument("--model", "-m", required=True, help="model name, e.g. LRURec, LinRec, GLINTRU, SASRec")
+    parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs) for RecBole's DDP training")
+    parser.add_argument("--world_size", type=int, default=-1, help="total processes across machines")
+    parser.add_argument("--ip", default="localhost", help="address of the DDP master")
+    parser.add_argument("--port", default="5678", help="port of the DDP master")
+    parser.add_argument("--group_offset", type=int, default=0, help="global rank offset of this machine")
+    return parser
+
+
+def run_main(argv):
+    from recbole_linear.quick_start import run
+
+    args, overrides = parse_known(run_parser(), argv)
+    run(
+        model=args.model,
+        dataset=args.dataset,
+        config_file_list=split_config_files(args.config_files),
+        cmd_args=overrides,
+        nproc=args.nproc,
+        world_size=args.world_size,
+        ip=args.ip,
+        port=args.port,
+        group_offset=args.group_offset,
+    )
+    return 0
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            module = importlib.import_module(SUBCOMMANDS[argv[0]])
+            return module.cli_main(argv[1:])
+        return run_main(argv)
+    except RecBoleLinearError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

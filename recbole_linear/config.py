@@ -1,0 +1,189 @@
+"""RecBole's ``Config`` with the plugin's property files, an explicit command line and checks.
+
+Precedence, lowest first:
+RecBole's internal defaults (overall, its model yaml, dataset yaml, quick-start yaml)
+< the plugin's dataset yaml (``properties/dataset/<dataset>.yaml``)
+< the plugin's model yaml (``properties/model/<Model>.yaml``)
+< the user's ``config_file_list`` < ``config_dict`` < command-line ``--key=value``.
+
+Unlike RecBole's ``Config``, this one reads ``--key=value`` only from the ``cmd_args`` it is
+given, never from ``sys.argv`` behind the caller's back: a Python caller (pytest, a notebook,
+a Ray worker) gets exactly the config it asked for.
+"""
+import numbers
+import os
+import re
+
+import yaml
+from recbole.config import Config
+
+from recbole_linear import paths
+from recbole_linear.errors import ConfigError, RecBoleLinearError
+from recbole_linear.registry import canonical_model_name, get_model
+
+
+class _YamlLoader(yaml.FullLoader):
+    """RecBole's YAML dialect (``1e-3`` is a float) without mutating yaml.FullLoader."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path):
+    """A YAML mapping from ``path``; ConfigError (one line) if unreadable or not a mapping."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            content = yaml.load(f.read(), Loader=_YamlLoader)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file '{path}': {e.strerror}") from e
+    except yaml.YAMLError as e:
+        first_line = str(e).strip().splitlines()[0]
+        raise ConfigError(f"config file '{path}' is not valid YAML: {first_line}") from e
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of key: value, got {type(content).__name__}")
+    return content
+
+
+def load_model_properties(model_name):
+    """The plugin's default config for ``model_name`` ({} for RecBole's own models)."""
+    path = paths.model_property_file(canonical_model_name(model_name))
+    return read_yaml(path) if os.path.isfile(path) else {}
+
+
+def parse_cmd_args(args):
+    """RecBole's ``--key=value`` syntax -> {key: raw string}; other arguments are an error."""
+    parsed = {}
+    for arg in args or ():
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"unrecognised argument '{arg}': overrides take the form --key=value")
+        key, value = arg[2:].split("=", 1)
+        if key in parsed and parsed[key] != value:
+            raise ConfigError(f"'--{key}' is given twice with different values")
+        parsed[key] = value
+    return parsed
+
+
+# key -> (check, description). Only keys present in the final config are checked.
+def _positive_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+
+
+def _non_negative_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+
+
+def _positive_number(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0
+
+
+def _non_negative_number(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0
+
+
+def _probability(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < 1
+
+
+_CHECKS = {
+    "MAX_ITEM_LIST_LENGTH": (_positive_int, "a positive integer"),
+    "epochs": (_non_negative_int, "a non-negative integer"),
+    "train_batch_size": (_positive_int, "a positive integer"),
+    "eval_batch_size": (_positive_int, "a positive integer"),
+    "eval_step": (_positive_int, "a positive integer"),
+    "stopping_step": (_positive_int, "a positive integer"),
+    "learning_rate": (_positive_number, "a positive number"),
+    "weight_decay": (_non_negative_number, "a non-negative number"),
+    "hidden_size": (_positive_int, "a positive integer"),
+    "embedding_size": (_positive_int, "a positive integer"),
+    "inner_size": (_positive_int, "a positive integer"),
+    "n_layers": (_positive_int, "a positive integer"),
+    "n_heads": (_positive_int, "a positive integer"),
+    "num_layers": (_positive_int, "a positive integer"),
+}
+
+
+def validate(config):
+    """Raise ConfigError for values no run could use (a length of 0, a dropout of 1.5...)."""
+    for key, (check, description) in _CHECKS.items():
+        value = config[key]
+        if value is not None and not check(value):
+            raise ConfigError(f"invalid value for '{key}': {value!r} (expected {description})")
+    for key, value in config.final_config_dict.items():
+        if "dropout" in key and isinstance(value, (numbers.Real, str)) and not _probability(value):
+            raise ConfigError(f"invalid value for '{key}': {value!r} (expected a probability in [0, 1))")
+
+
+class PluginConfig(Config):
+    """RecBole ``Config`` that knows the plugin's models, property files and checks."""
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None):
+        self._cmd_args = list(cmd_args or ())
+        if isinstance(model, str):
+            model = canonical_model_name(model)
+        try:
+            super().__init__(model, dataset, config_file_list, config_dict)
+        except RecBoleLinearError:
+            raise
+        except (ValueError, KeyError, TypeError, NotImplementedError, SyntaxError) as e:
+            message = e.args[0] if e.args else str(e)
+            raise ConfigError(f"invalid configuration: {message}") from e
+        validate(self)
+
+    # --- loading -------------------------------------------------------------------
+    def _load_config_files(self, file_list):
+        merged = {}
+        for path in file_list or ():
+            merged.update(read_yaml(path))
+        return merged
+
+    def _load_cmd_line(self):
+        return self._convert_config_dict(parse_cmd_args(self._cmd_args))
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None and isinstance(self.external_config_dict.get("model"), str):
+            model = canonical_model_name(self.external_config_dict["model"])
+        if model is None:
+            raise ConfigError("no model given: pass --model=<name> (or 'model' in a config file)")
+        model_class = get_model(model)
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset")
+        if dataset is None:
+            raise ConfigError("no dataset given: pass --dataset=<name> (or 'dataset' in a config file)")
+        return model_class.__name__, model_class, dataset
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        dataset_file = paths.dataset_property_file(dataset)
+        if os.path.isfile(dataset_file):
+            dataset_defaults = read_yaml(dataset_file)
+            self.internal_config_dict.update(dataset_defaults)
+            self.parameters["Dataset"] += [k for k in dataset_defaults if k not in self.parameters["Dataset"]]
+        self.internal_config_dict.update(load_model_properties(model))
+
+    def _get_final_config_dict(self):
+        final = super()._get_final_config_dict()
+        # RecBole's overall.yaml samples one negative per item, which its own Config then
+        # rejects for CE models (SASRec's default). CE scores the full item table, so unless
+        # the user asked for sampling, turn it off.
+        if final.get("loss_type") == "CE" and "train_neg_sample_args" not in self.external_config_dict:
+            final["train_neg_sample_args"] = None
+        return final
+
+
+def create_config(model, dataset=None, config_file_list=None, config_dict=None, cmd_args=None):
+    """Build a :class:`PluginConfig` (the one entry point the rest of the plugin uses)."""
+    return PluginConfig(model, dataset, config_file_list, config_dict, cmd_args)

@@ -1,0 +1,17 @@
+"""Errors the plugin raises for bad input: the command line prints them as one line."""
+
+
+class RecBoleLinearError(Exception):
+    """Base class: a user-facing problem (bad model, dataset or config), not a bug."""
+
+
+class UnknownModelError(RecBoleLinearError, ValueError):
+    pass
+
+
+class DatasetNotFoundError(RecBoleLinearError, FileNotFoundError):
+    pass
+
+
+class ConfigError(RecBoleLinearError, ValueError):
+    pass

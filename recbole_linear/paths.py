@@ -1,0 +1,31 @@
+"""Where the plugin's property files live.
+
+In a source checkout (and an editable install) they sit in ``properties/`` beside the
+package; a wheel ships the same folder as ``recbole_linear/properties``.
+"""
+import os
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def properties_dir():
+    """The folder holding ``model/``, ``dataset/`` and ``hyper/`` property files."""
+    for candidate in (
+        os.path.join(_PACKAGE_DIR, "properties"),
+        os.path.join(os.path.dirname(_PACKAGE_DIR), "properties"),
+    ):
+        if os.path.isdir(os.path.join(candidate, "model")):
+            return candidate
+    raise FileNotFoundError("recbole_linear: the properties/ folder is missing from this install")
+
+
+def model_property_file(model_name):
+    return os.path.join(properties_dir(), "model", f"{model_name}.yaml")
+
+
+def dataset_property_file(dataset_name):
+    return os.path.join(properties_dir(), "dataset", f"{dataset_name}.yaml")
+
+
+def hyper_file(model_name):
+    return os.path.join(properties_dir(), "hyper", f"{model_name}.hyper")

@@ -1,0 +1,203 @@
+"""Train and evaluate plugin or RecBole models: the functions behind the command line.
+
+``run`` mirrors RecBole's ``recbole.quick_start.run`` (single process or DDP via ``mp.spawn``),
+``run_recbole_linear`` its ``run_recbole``, ``objective_function`` the function RecBole's
+``HyperTuning`` calls, and ``load_data_and_model`` its namesake, all with the plugin's config
+(property files, explicit command line, checks) and checkpoint-safe trainers.
+"""
+import logging
+import os
+import sys
+from logging import getLogger
+
+from recbole.data import create_dataset, data_preparation
+from recbole.data.transform import construct_transform
+from recbole.utils import get_environment, get_flops, get_local_time, init_logger, init_seed, set_color
+
+import recbole_linear  # noqa: F401  (registers the plugin models, also in spawned children)
+from recbole_linear.config import create_config
+from recbole_linear.errors import DatasetNotFoundError
+from recbole_linear.registry import get_model
+from recbole_linear.trainer import get_trainer, load_checkpoint
+
+
+def check_dataset(config):
+    """Fail with one line if the dataset's interaction file is missing (RecBole would try to download)."""
+    inter_file = os.path.join(config["data_path"], f"{config['dataset']}.inter")
+    if not os.path.isfile(inter_file):
+        raise DatasetNotFoundError(
+            f"dataset '{config['dataset']}' not found: no atomic file {os.path.abspath(inter_file)} "
+            f"(set --data_path to the folder that holds {config['dataset']}/{config['dataset']}.inter)"
+        )
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def prepare(config, log_flops=False):
+    """Dataset, dataloaders, model and trainer for a config, as RecBole's ``run_recbole`` builds them."""
+    logger = getLogger()
+    check_dataset(config)
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    if log_flops:
+        try:
+            flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
+            logger.info(set_color("FLOPs", "blue") + f": {flops}")
+        except Exception as e:  # thop cannot trace every model; FLOPs are informative only
+            logger.warning(f"FLOPs not computed: {type(e).__name__}: {e}")
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    return dataset, (train_data, valid_data, test_data), model, trainer
+
+
+def _result(config, model, trainer, best_valid_score, best_valid_result, test_result, saved):
+    return {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "num_parameters": count_parameters(model),
+        "epochs_trained": len(trainer.epoch_train_seconds),
+        "epoch_train_seconds": list(trainer.epoch_train_seconds),
+        "saved_model_file": trainer.saved_model_file if saved else None,
+    }
+
+
+def run_recbole_linear(
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    config_dict=None,
+    cmd_args=None,
+    saved=True,
+    queue=None,
+):
+    """Train, validate and test one model; returns RecBole's result dict plus run facts.
+
+    Args:
+        model (str or class): a plugin or RecBole model name (or class).
+        dataset (str): dataset name; ``ml-100k`` is RecBole's bundled copy.
+        config_file_list (list of str): YAML files, later ones win.
+        config_dict (dict): overrides above the files.
+        cmd_args (list of str): ``--key=value`` overrides above everything else.
+        saved (bool): save the best checkpoint and test it (else test the last weights).
+        queue: for ``mp.spawn``: rank 0 puts the result there.
+    """
+    config = create_config(model, dataset, config_file_list, config_dict, cmd_args)
+    check_dataset(config)  # before the logger starts, so bad input stays one line
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    _, (train_data, valid_data, test_data), model, trainer = prepare(config, log_flops=True)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+
+    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    if saved:
+        logger.info(set_color("checkpoint", "yellow") + f": {trainer.saved_model_file}")
+
+    result = _result(config, model, trainer, best_valid_score, best_valid_result, test_result, saved)
+    if not config["single_spec"]:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(result)
+    return result
+
+
+def _spawned_worker(rank, model, dataset, config_file_list, kwargs):
+    """Entry point of each DDP process; lives in the plugin so children import it."""
+    kwargs["config_dict"] = dict(kwargs.get("config_dict") or {}, local_rank=rank)
+    run_recbole_linear(model, dataset, config_file_list, **kwargs)
+
+
+def run(
+    model,
+    dataset="ml-100k",
+    config_file_list=None,
+    config_dict=None,
+    cmd_args=None,
+    saved=True,
+    nproc=1,
+    world_size=-1,
+    ip="localhost",
+    port="5678",
+    group_offset=0,
+):
+    """One process, or ``nproc`` DDP processes on this machine (RecBole's NCCL path: GPUs only)."""
+    if nproc == 1 and world_size <= 0:
+        return run_recbole_linear(model, dataset, config_file_list, config_dict, cmd_args, saved)
+
+    import torch.multiprocessing as mp
+
+    # Build the config once here: bad input fails before any process starts, and every rank
+    # gets the same checkpoint name (RecBole names it per process, to the second).
+    config = create_config(model, dataset, config_file_list, config_dict, cmd_args)
+    check_dataset(config)
+    config_dict = dict(config_dict or {})
+    config_dict.setdefault(
+        "saved_model_file", os.path.join(config["checkpoint_dir"], f"{config['model']}-{get_local_time()}.pth")
+    )
+    config_dict.update(
+        {
+            "world_size": nproc if world_size == -1 else world_size,
+            "ip": ip,
+            "port": port,
+            "nproc": nproc,
+            "offset": group_offset,
+        }
+    )
+    queue = mp.get_context("spawn").SimpleQueue()
+    kwargs = {"config_dict": config_dict, "cmd_args": cmd_args, "saved": saved, "queue": queue}
+    mp.spawn(_spawned_worker, args=(config["model"], dataset, config_file_list, kwargs), nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    """The objective RecBole's ``HyperTuning`` calls, for plugin and RecBole models alike."""
+    config = create_config(None, None, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    logger = getLogger()
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+    init_logger(config)
+    logging.basicConfig(level=logging.ERROR)
+    _, (train_data, valid_data, test_data), model, trainer = prepare(config)
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
+    test_result = trainer.evaluate(test_data, load_best_model=saved)
+    return _result(config, model, trainer, best_valid_score, best_valid_result, test_result, saved)
+
+
+def load_data_and_model(model_file):
+    """Config, model (with the saved weights), dataset and dataloaders from a checkpoint file."""
+    checkpoint = load_checkpoint(model_file)
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    check_dataset(config)
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

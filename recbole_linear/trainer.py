@@ -1,0 +1,98 @@
+"""RecBole trainers that work on torch >= 2.6 and honour a few plugin hooks.
+
+torch 2.6 made ``torch.load(weights_only=True)`` the default; RecBole 1.2.1's checkpoints hold a
+pickled ``Config``, so ``Trainer.evaluate(load_best_model=True)`` and ``resume_checkpoint`` fail
+with "Weights only load failed". The mixin below loads *the run's own checkpoint files* with
+``weights_only=False`` (they were written by this process or a run the user started) and leaves
+``torch.load`` untouched everywhere else.
+
+It also:
+- builds the optimizer from ``model.optimizer_param_groups(weight_decay)`` when the model has it
+  (LRURec's official no-decay rule for biases and LayerNorms), with ``optimizer_eps`` when set;
+- under DDP, names the checkpoint once (``saved_model_file`` from the config, shared by all ranks)
+  and waits for rank 0 to finish writing it before any rank reads it;
+- records each epoch's training time in ``epoch_train_seconds``.
+"""
+import os
+from time import time
+
+import torch
+from recbole.utils import get_trainer as recbole_get_trainer
+
+_CLASS_CACHE = {}
+
+
+def load_checkpoint(path, map_location=None):
+    """Read a RecBole checkpoint (it pickles the run's Config, so weights_only must be off)."""
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+class PluginTrainerMixin:
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        if config["saved_model_file"]:
+            self.saved_model_file = config["saved_model_file"]
+            checkpoint_dir = os.path.dirname(self.saved_model_file)
+            if checkpoint_dir:
+                os.makedirs(checkpoint_dir, exist_ok=True)
+        self.epoch_train_seconds = []
+
+    def _build_optimizer(self, **kwargs):
+        if "params" not in kwargs and hasattr(self.model, "optimizer_param_groups"):
+            weight_decay = kwargs.get("weight_decay", self.weight_decay) or 0.0
+            kwargs["params"] = self.model.optimizer_param_groups(weight_decay)
+        optimizer = super()._build_optimizer(**kwargs)
+        eps = self.config["optimizer_eps"]
+        if eps is not None:
+            for group in optimizer.param_groups:
+                if "eps" in group:
+                    group["eps"] = eps
+        return optimizer
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        start = time()
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        self.epoch_train_seconds.append(time() - start)
+        return loss
+
+    def _wait_for_checkpoint(self):
+        if not self.config["single_spec"] and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not eval_data:
+            return None
+        if load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            self._wait_for_checkpoint()
+            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        self.saved_model_file = resume_file
+        checkpoint = load_checkpoint(resume_file, map_location=self.device)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+            self.logger.warning(
+                "Architecture configuration given in config file is different from that of checkpoint. "
+                "This may yield an exception while state_dict is being loaded."
+            )
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+
+def get_trainer(model_type, model_name):
+    """The trainer RecBole would pick for this model, with :class:`PluginTrainerMixin` on top."""
+    base = recbole_get_trainer(model_type, model_name)
+    if base not in _CLASS_CACHE:
+        _CLASS_CACHE[base] = type(f"Plugin{base.__name__}", (PluginTrainerMixin, base), {})
+    return _CLASS_CACHE[base]

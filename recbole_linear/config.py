@@ -64,6 +64,19 @@ def load_model_properties(model_name):
     return read_yaml(path) if os.path.isfile(path) else {}
 
 
+def fill_model_defaults(config, model_name):
+    """Give a config the plugin's model defaults for the keys it lacks.
+
+    A :class:`PluginConfig` already has them; a config built by RecBole's own ``Config`` (stock
+    ``run_recbole``, ``objective_function``) knows nothing of the plugin's property files, so
+    plugin models call this first in ``__init__``. Keys the config has are left alone.
+    """
+    for key, value in load_model_properties(model_name).items():
+        if key not in config:
+            config[key] = value
+    return config
+
+
 def parse_cmd_args(args):
     """RecBole's ``--key=value`` syntax -> {key: raw string}; other arguments are an error."""
     parsed = {}

@@ -1,0 +1,248 @@
+"""One run of a comparison in a process of its own: ``python -m recbole_linear.compare_worker SPEC.json``.
+
+``compare`` starts one such process per (model, seed), so that the peak resident memory the
+process reports belongs to that run alone and a crash (an exception, an out-of-memory kill, a
+segfault) ends only that run. The spec (JSON) names the model, dataset, config files and the
+``--key=value`` overrides of the run, where to write its config, per-user scores and result; the
+result (JSON) holds RecBole's best-valid and test metrics and the run's facts, or the error.
+
+The run is exactly ``run_recbole_linear.py --model=M --config_files=... <overrides>`` (same
+config, seed, data pipeline, trainer, evaluator), except:
+- the checkpoint is named after the run: ``<checkpoint_dir>/<run_id>.pth``;
+- the best checkpoint is loaded before the test evaluation, which is timed, and which also
+  records every test user's NDCG@10 from the same full-sort scores RecBole's evaluator ranks
+  (:class:`PerUserNDCG`).
+"""
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from logging import getLogger
+
+import numpy as np
+
+NDCG_K = 10
+
+
+def one_line_error(error):
+    """'ExcType: first line of the message' (what runs.csv and the summary show)."""
+    message = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
+
+
+def _plain(value):
+    """A YAML-safe copy of a config value: containers recursed, anything else unknown as str."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def dump_config(config, path):
+    """Write the run's final RecBole config dict as YAML (enums, devices... as strings)."""
+    import yaml
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(_plain(dict(config.final_config_dict)), f, sort_keys=True, allow_unicode=True)
+
+
+class PerUserNDCG:
+    """Wraps a trainer's batch-eval function and keeps each evaluated user's NDCG@k.
+
+    It ranks the very score matrix the trainer hands to RecBole's collector, with the same
+    ``torch.topk(scores, max(topk))`` call, so ties fall the same way and the mean over users
+    equals RecBole's ``ndcg@k``. NDCG of a user: sum over the top-k of 1/log2(rank + 2) at the
+    positive items, divided by the ideal DCG of min(#positives, k) hits (one target: 1/log2(rank+2)
+    if rank < k else 0). ``seconds`` is the time spent here, subtracted from the latency.
+    """
+
+    def __init__(self, config, k=NDCG_K):
+        import torch
+
+        self.k = k
+        self.depth = max(max(config["topk"] or [k]), k)
+        self.uid_field = config["USER_ID_FIELD"]
+        self.cuda = torch.device(config["device"]).type == "cuda"
+        self.discounts = 1.0 / torch.log2(torch.arange(k, dtype=torch.float64) + 2.0)
+        self.users, self.values = [], []
+        self.seconds = 0.0
+
+    def attach(self, trainer):
+        """Shadow the trainer's batch-eval methods on this instance only (the class is untouched)."""
+        trainer._full_sort_batch_eval = self._wrap(trainer._full_sort_batch_eval, sampled=False)
+        trainer._neg_sample_batch_eval = self._wrap(trainer._neg_sample_batch_eval, sampled=True)
+
+    def _wrap(self, batch_eval, sampled):
+        def recording_batch_eval(batched_data):
+            output = batch_eval(batched_data)
+            self._sync()
+            start = time.perf_counter()
+            interaction, scores, positive_u, positive_i = output
+            if sampled:  # one score row per user; rows of the interaction map to them by row_idx
+                row_users = scores.new_zeros(scores.shape[0], dtype=interaction[self.uid_field].dtype)
+                row_users[batched_data[1]] = interaction[self.uid_field].to(scores.device)
+            else:
+                row_users = interaction[self.uid_field]
+            self._record(row_users, scores, positive_u, positive_i)
+            self.seconds += time.perf_counter() - start
+            return output
+
+        return recording_batch_eval
+
+    def _sync(self):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def _record(self, row_users, scores, positive_u, positive_i):
+        import torch
+
+        topk_index = torch.topk(scores, self.depth, dim=-1).indices[:, : self.k]
+        positives = torch.zeros_like(scores, dtype=torch.int)
+        positives[positive_u, positive_i] = 1
+        n_positives = positives.sum(dim=1).cpu()
+        hits = torch.gather(positives, 1, topk_index).cpu().double()
+        dcg = (hits * self.discounts[: hits.shape[1]]).sum(dim=1)
+        ideal = torch.cumsum(self.discounts, 0)[n_positives.clamp(1, self.k) - 1]
+        ndcg = torch.where(n_positives > 0, dcg / ideal, torch.zeros_like(dcg))
+        self.users.append(row_users.cpu().numpy())
+        self.values.append(ndcg.numpy())
+
+    @property
+    def n_users(self):
+        return sum(len(v) for v in self.values)
+
+    def result(self, dataset):
+        """(external user tokens, NDCG@k per evaluated user row)."""
+        ids = np.concatenate(self.users) if self.users else np.zeros(0, dtype=np.int64)
+        values = np.concatenate(self.values) if self.values else np.zeros(0)
+        return np.asarray(dataset.id2token(self.uid_field, ids)).astype(str), values
+
+
+def peak_memory(device=None):
+    """Peak RSS of this process in MB (Linux reports KB) and, on CUDA, peak allocated GPU MB."""
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+    memory = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, "peak_gpu_mb": None}
+    try:
+        import torch
+
+        if device is not None and torch.device(device).type == "cuda":
+            memory["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    except Exception:  # memory facts must never hide the run's own outcome
+        pass
+    return memory
+
+
+def _load_best(trainer, model, logger):
+    from recbole_linear.trainer import load_checkpoint
+
+    if not os.path.isfile(trainer.saved_model_file):  # no epoch was validated (epochs=0)
+        logger.warning(f"no checkpoint at {trainer.saved_model_file}: testing the current weights")
+        return
+    checkpoint = load_checkpoint(trainer.saved_model_file, map_location=trainer.device)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+
+
+def train_and_test(spec, facts):
+    """Train and test one run; fills ``facts`` as it goes (device, config) and returns the result."""
+    import torch
+    from recbole.utils import init_logger, init_seed
+
+    from recbole_linear.config import create_config
+    from recbole_linear.quick_start import check_dataset, count_parameters, prepare
+
+    config = create_config(spec["model"], spec["dataset"], spec["config_files"], None, spec["cmd_args"])
+    check_dataset(config)
+    config["saved_model_file"] = os.path.join(config["checkpoint_dir"], f"{spec['run_id']}.pth")
+    facts["device"] = str(config["device"])
+    facts["import_rss_mb"] = peak_memory()["peak_rss_mb"]  # interpreter, torch and RecBole alone
+    dump_config(config, spec["config_file"])
+
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    cuda = torch.device(config["device"]).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(config["device"])
+
+    dataset, (train_data, valid_data, test_data), model, trainer = prepare(config)
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    _load_best(trainer, model, logger)
+
+    recorder = PerUserNDCG(config)
+    recorder.attach(trainer)
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    if cuda:
+        torch.cuda.synchronize()
+    eval_seconds = time.perf_counter() - start - recorder.seconds
+
+    users, ndcg = recorder.result(dataset)
+    os.makedirs(os.path.dirname(spec["per_user_file"]) or ".", exist_ok=True)
+    np.savez(spec["per_user_file"], user=users, **{f"ndcg@{NDCG_K}": ndcg})
+    _check_per_user(logger, config, test_result, ndcg)
+    logger.info(f"best valid: {dict(best_valid_result)}")
+    logger.info(f"test result: {dict(test_result)}")
+
+    epoch_seconds = list(trainer.epoch_train_seconds)
+    return {
+        "best_valid_score": float(best_valid_score),
+        "best_valid_result": {k: float(v) for k, v in best_valid_result.items()},
+        "test_result": {k: float(v) for k, v in test_result.items()},
+        "num_parameters": count_parameters(model),
+        "epochs_trained": len(epoch_seconds),
+        "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,
+        "train_seconds": float(np.sum(epoch_seconds)),
+        "evaluated_users": recorder.n_users,
+        "eval_seconds": eval_seconds,
+        "latency_ms_per_1k_users": eval_seconds * 1e6 / recorder.n_users if recorder.n_users else None,
+        "checkpoint": os.path.abspath(trainer.saved_model_file) if os.path.isfile(trainer.saved_model_file) else None,
+    }
+
+
+def _check_per_user(logger, config, test_result, ndcg):
+    """Warn (in the run's log) if the per-user mean is not RecBole's ndcg@10 up to its rounding."""
+    key = f"ndcg@{NDCG_K}"
+    if key in test_result and len(ndcg):
+        tolerance = 0.5 * 10 ** -config["metric_decimal_place"] + 1e-9
+        if abs(float(np.mean(ndcg)) - float(test_result[key])) > tolerance:
+            logger.warning(f"per-user {key} mean {np.mean(ndcg):.6f} differs from RecBole's {test_result[key]}")
+
+
+def main(argv):
+    if len(argv) != 1:
+        print("usage: python -m recbole_linear.compare_worker SPEC.json", file=sys.stderr)
+        return 2
+    with open(argv[0], "r", encoding="utf-8") as f:
+        spec = json.load(f)
+    start = time.perf_counter()
+    facts = {"device": None, "import_rss_mb": None}
+    try:
+        result = {"status": "ok", "error": None, **train_and_test(spec, facts)}
+    except Exception as e:
+        traceback.print_exc()
+        result = {"status": "failed", "error": one_line_error(e)}
+    result["run_seconds"] = time.perf_counter() - start
+    result.update(peak_memory(facts["device"]), import_rss_mb=facts["import_rss_mb"])
+    temporary = spec["result_file"] + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    os.replace(temporary, spec["result_file"])
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

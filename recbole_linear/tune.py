@@ -1,0 +1,1070 @@
+"""Hyperparameter tuning for plugin and RecBole models: RecBole's ``HyperTuning`` or Ray Tune.
+
+    python run_recbole_linear.py tune --model=LRURec --algo=bayes --max_evals=20 --dataset=ml-100k --epochs=50
+    python run_recbole_linear.py tune --model=SASRec --algo=random --max_evals=8 --tool=ray --cpus_per_trial=1
+
+Search spaces are RecBole ``.hyper`` files (default ``properties/hyper/<Model>.hyper``), one
+parameter a line, exactly as RecBole's own ``HyperTuning(params_file=...)`` reads them::
+
+    learning_rate choice [0.0005,0.001,0.005]
+    dropout_prob uniform 0.1,0.5
+    learning_rate loguniform -9.21,-4.61        (natural-log bounds, as in hyperopt: 1e-4 .. 1e-2)
+    hidden_size quniform 32,256,32              (integers here when low, high and q are integers)
+
+Every trial calls the plugin's :func:`~recbole_linear.quick_start.objective_function` with the
+fixed settings (model, dataset, ``--config_files``, ``--key=value``) written once to
+``<output_dir>/fixed_config.yaml`` (passed as RecBole's ``fixed_config_file_list``) and the
+trial's parameters as ``config_dict`` (they win over the fixed settings). Plugin and RecBole
+models therefore tune the same way.
+
+A trial is its parameters under the folder's fixed settings. Each one is appended to
+``trials.csv`` as soon as it finishes; a later run into the same folder serves every trial already
+there from the file instead of training it (hyperopt gets the stored loss), and refuses to start if
+the fixed settings changed. hyperopt is seeded (``--search_seed``), so a rerun of an interrupted
+random or bayes search proposes the same points again and only the unfinished ones train.
+
+Where this differs from RecBole's ``HyperTuning``:
+
+- ``random`` samples without replacement (RecBole's exhaustive sampler capped at ``max_evals``):
+  a point of a ``choice``-only space is never drawn twice, so ``max_evals`` distinct trials run
+  (at most the grid size). The first draws equal hyperopt's ``rand.suggest`` with the same seed;
+- ``exhaustive`` rejects spaces with non-``choice`` parameters (RecBole silently samples them);
+- ``quniform`` values are integers when low, high and q are integers (hyperopt gives floats,
+  which ``hidden_size`` cannot take);
+- tied keys (:data:`TIED_PARAMS`): when the source key is tuned and the tied key is not, the tied
+  key takes the same value in every trial (GLINT-RU needs ``embedding_size == hidden_size``);
+  the tied values are part of the trial and of ``best_params.yaml``;
+- ``--early_stop=0`` turns RecBole's no-progress early stop off;
+- the HTML display file is written with plotly's ``write_html`` (RecBole's ``plot_hyper`` opens a
+  browser); without plotly, a plain HTML table;
+- progress is logged (one line per trial) instead of printed.
+"""
+import ast
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import numbers
+import os
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+
+import yaml
+from recbole.trainer.hyper_tuning import HyperTuning
+from recbole.utils import set_color
+
+from recbole_linear import paths
+from recbole_linear.cli import PROG, common_parser, parse_known, split_config_files
+from recbole_linear.config import create_config, read_yaml
+from recbole_linear.errors import ConfigError, RecBoleLinearError
+from recbole_linear.quick_start import check_dataset, objective_function
+from recbole_linear.registry import canonical_model_name
+
+ALGORITHMS = ("exhaustive", "random", "bayes")
+TOOLS = ("hyperopt", "ray")
+RAY_ALGORITHMS = ("exhaustive", "random")
+PARAM_TYPES = ("choice", "uniform", "loguniform", "quniform")
+
+# model -> {tied key: source key}. When the source key is tuned and the tied key is not, every
+# trial sets the tied key to the source's value. One "hidden size" and one "dropout" knob per
+# model make the spaces of different models match (same axes, same grid size).
+TIED_PARAMS = {
+    # the model requires embedding_size == hidden_size; the official run.py sets both dropouts
+    # around the same value (0.2 / unpublished), the gate's hard-coded 0.3 stays as it is
+    "GLINTRU": {"embedding_size": "hidden_size", "hidden_dropout_prob": "dropout_prob"},
+    # the paper tunes one dropout rate; officially bert_dropout and bert_attn_dropout are equal
+    "LRURec": {"lru_dropout_prob": "dropout_prob"},
+    # RecBole's defaults keep the two dropouts equal
+    "SASRec": {"attn_dropout_prob": "hidden_dropout_prob"},
+    "BERT4Rec": {"attn_dropout_prob": "hidden_dropout_prob"},
+    # the scoring width d is embedding_size, the GRU's is hidden_size: tune them as one width
+    "GRU4Rec": {"embedding_size": "hidden_size"},
+}
+
+CSV_NAME, MD_NAME, BEST_NAME = "trials.csv", "trials.md", "best_params.yaml"
+FIXED_NAME, LOG_NAME, HTML_NAME = "fixed_config.yaml", "tune.log", "tuning.html"
+_RESERVED_COLUMNS = ("trial", "valid_score", "num_parameters", "epochs_trained", "seconds", "checkpoint",
+                     "finished_at", "params")
+_LINE_FORMS = ("'<name> choice [v1, v2, ...]', '<name> uniform <low>,<high>', "
+               "'<name> loguniform <low>,<high>' or '<name> quniform <low>,<high>,<q>'")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_ARITY = {"uniform": 2, "loguniform": 2, "quniform": 3}
+LOGGER_NAME = "recbole_linear.tune"
+
+
+class ParamsFileError(ConfigError):
+    """A missing, unreadable or malformed ``.hyper`` file."""
+
+
+class TrialFailedError(RecBoleLinearError):
+    """Trials that raised on Ray (their tracebacks stay in Ray's trial folders)."""
+
+
+# --- values -------------------------------------------------------------------------------
+def plain(value):
+    """numpy scalars -> Python numbers, tuples -> lists (recursively): YAML/JSON-ready values."""
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict, str)):
+        try:
+            return value.item()
+        except (TypeError, ValueError):
+            return value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    return value
+
+
+def trial_key(params):
+    """The identity of a trial under fixed settings: its parameters as canonical JSON."""
+    return json.dumps(plain(params), sort_keys=True)
+
+
+def params_str(params):
+    return ", ".join(f"{name}={value}" for name, value in params.items())
+
+
+# --- the search space: RecBole's .hyper format --------------------------------------------
+@dataclass(frozen=True)
+class ParamSpec:
+    """One line of a ``.hyper`` file."""
+
+    name: str
+    kind: str  # choice | uniform | loguniform | quniform
+    args: tuple  # choice: the values; uniform, loguniform: (low, high); quniform: (low, high, q)
+    line: int
+
+    def hyperopt(self):
+        from hyperopt import hp
+
+        if self.kind == "choice":
+            return hp.choice(self.name, list(self.args))
+        return getattr(hp, self.kind)(self.name, *self.args)
+
+    @property
+    def integral(self):
+        return self.kind == "quniform" and all(float(a).is_integer() for a in self.args)
+
+    def normalize(self, value):
+        value = plain(value)
+        if self.integral and isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    def candidates(self):
+        """Values checked against the config before training: every choice, or the range's ends."""
+        if self.kind == "choice":
+            return list(self.args)
+        low, high = self.args[:2]
+        if self.kind == "loguniform":
+            return [math.exp(low), math.exp(high)]
+        if self.kind == "quniform":
+            q = self.args[2]
+            return [self.normalize(max(round(low / q) * q, low)), self.normalize(min(round(high / q) * q, high))]
+        return [low, high]
+
+    def describe(self):
+        if self.kind == "choice":
+            return f"{self.name} choice {list(self.args)}"
+        return f"{self.name} {self.kind} {','.join(f'{a:g}' for a in self.args)}"
+
+
+def resolve_params_file(model, params_file=None):
+    """``params_file``, or the plugin's ``properties/hyper/<Model>.hyper``; ParamsFileError if missing."""
+    if params_file:
+        if not os.path.isfile(params_file):
+            raise ParamsFileError(f"params file '{params_file}' not found")
+        return params_file
+    default = paths.hyper_file(canonical_model_name(model))
+    if not os.path.isfile(default):
+        raise ParamsFileError(
+            f"no search space for model '{model}': {default} does not exist (pass --params_file=<file.hyper>)"
+        )
+    return default
+
+
+def read_params_file(path):
+    """The parameters of a ``.hyper`` file, validated line by line (ParamsFileError, one line)."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError as e:
+        raise ParamsFileError(f"params file '{path}' not found") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParamsFileError(f"cannot read params file '{path}': {getattr(e, 'strerror', None) or e}") from e
+    specs = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        spec = _parse_line(line, f"params file '{path}', line {number}", number)
+        if spec.name in specs:
+            raise ParamsFileError(f"params file '{path}', line {number}: '{spec.name}' is defined twice")
+        specs[spec.name] = spec
+    if not specs:
+        raise ParamsFileError(f"params file '{path}' defines no parameter (one per line: {_LINE_FORMS})")
+    return list(specs.values())
+
+
+def _parse_line(line, where, number):
+    parts = line.split(None, 2)
+    if len(parts) < 3:
+        raise ParamsFileError(f"{where}: expected {_LINE_FORMS}, got '{line}'")
+    name, kind, rest = parts
+    if not _NAME.match(name):
+        raise ParamsFileError(f"{where}: '{name}' is not a config key name")
+    if name in _RESERVED_COLUMNS:
+        raise ParamsFileError(f"{where}: '{name}' cannot be tuned (it names a column of {CSV_NAME})")
+    if kind == "choice":
+        try:
+            values = ast.literal_eval(rest)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            raise ParamsFileError(
+                f"{where}: cannot parse the value list {rest!r} (expected a list of literals such as [0.001, 0.01])"
+            ) from None
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ParamsFileError(f"{where}: 'choice' needs a non-empty list such as [0.001, 0.01], got {rest!r}")
+        keys = [json.dumps(plain(v), sort_keys=True) for v in values]
+        if len(set(keys)) != len(keys):
+            raise ParamsFileError(f"{where}: the value list {rest!r} repeats a value")
+        return ParamSpec(name, kind, tuple(values), number)
+    if kind in _ARITY:
+        arity = _ARITY[kind]
+        form = "<low>,<high>" if arity == 2 else "<low>,<high>,<q>"
+        tokens = [t for t in re.split(r"[,\s]+", rest.strip()) if t]
+        try:
+            bounds = tuple(float(t) for t in tokens)
+        except ValueError:
+            bounds = ()
+        if len(bounds) != arity or not all(math.isfinite(b) for b in bounds):
+            raise ParamsFileError(f"{where}: '{kind}' needs {arity} numbers {form}, got {rest!r}")
+        if bounds[0] >= bounds[1]:
+            raise ParamsFileError(f"{where}: '{kind}' needs low < high, got {rest!r}")
+        if kind == "quniform" and bounds[2] <= 0:
+            raise ParamsFileError(f"{where}: 'quniform' needs a positive step q, got {rest!r}")
+        return ParamSpec(name, kind, bounds, number)
+    raise ParamsFileError(f"{where}: unknown type '{kind}' (expected one of {', '.join(PARAM_TYPES)})")
+
+
+def tied_keys(model, specs):
+    """{tied key: source key} that apply to this model and space."""
+    tuned = {spec.name for spec in specs}
+    return {
+        tied: source
+        for tied, source in TIED_PARAMS.get(model, {}).items()
+        if source in tuned and tied not in tuned
+    }
+
+
+# --- trials on disk -----------------------------------------------------------------------
+def _cell(value):
+    value = plain(value)
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value
+
+
+class TrialStore:
+    """``trials.csv``: one row per finished trial, appended (and flushed) as each one finishes.
+
+    The ``params`` column (canonical JSON) is the trial's identity; the other columns are for
+    reading: one per parameter, ``valid_score`` (the valid metric), ``valid_<metric>`` and
+    ``test_<metric>`` for every metric, size, epochs, seconds, checkpoint, finish time.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.records = []
+        self._by_key = {}
+        self._header = None
+
+    def load(self):
+        """Read the stored trials; a torn last line (a run killed while writing) is dropped."""
+        if not os.path.isfile(self.path):
+            return self
+        with open(self.path, "r", encoding="utf-8", newline="") as f:
+            text = f.read()
+        rows = list(csv.DictReader(io.StringIO(text)))
+        header = next(csv.reader(io.StringIO(text)), None) if text else None
+        dropped = 0
+        for row in rows:
+            try:
+                record = self._parse(row, header)
+            except (KeyError, TypeError, ValueError):
+                dropped += 1
+                continue
+            self._remember(record)
+        self._header = header
+        if dropped or (text and not text.endswith("\n")):
+            self._rewrite()
+        return self
+
+    def __len__(self):
+        return len(self.records)
+
+    def get(self, key):
+        return self._by_key.get(key)
+
+    def add(self, record):
+        record = dict(record, trial=len(self.records) + 1)
+        self._remember(record)
+        header = self._columns()
+        if header != self._header or not os.path.isfile(self.path):
+            self._rewrite()
+        else:
+            with open(self.path, "a", encoding="utf-8", newline="") as f:
+                csv.writer(f).writerow(self._row(record, header))
+                f.flush()
+                os.fsync(f.fileno())
+        return record
+
+    # --- helpers
+    def _remember(self, record):
+        self.records.append(record)
+        self._by_key[trial_key(record["params"])] = record
+
+    def _columns(self):
+        names, metrics = [], []
+        for record in self.records:
+            names += [name for name in record["params"] if name not in names]
+            for prefix, result in (("valid_", record["best_valid_result"]), ("test_", record["test_result"])):
+                metrics += [prefix + m for m in result if prefix + m not in metrics]
+        valid = [m for m in metrics if m.startswith("valid_")]
+        test = [m for m in metrics if m.startswith("test_")]
+        return ["trial", *names, "valid_score", *valid, *test, *_RESERVED_COLUMNS[2:]]
+
+    @staticmethod
+    def _row(record, header):
+        params = record["params"]
+        row = []
+        for column in header:
+            if column in _RESERVED_COLUMNS:
+                value = json.dumps(plain(params)) if column == "params" else record.get(column)
+            elif column in params:
+                value = params[column]
+            elif column.startswith("valid_"):
+                value = record["best_valid_result"].get(column[len("valid_"):])
+            elif column.startswith("test_"):
+                value = record["test_result"].get(column[len("test_"):])
+            else:
+                value = None
+            row.append(_cell(value))
+        return row
+
+    def _rewrite(self):
+        header = self._columns() if self.records else (self._header or self._columns())
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for record in self.records:
+                writer.writerow(self._row(record, header))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._header = header
+
+    @staticmethod
+    def _parse(row, header):
+        params = json.loads(row["params"])
+        if not isinstance(params, dict):
+            raise ValueError("params is not a mapping")
+        valid, test = {}, {}
+        for column in header:
+            if column in params or column in _RESERVED_COLUMNS:
+                continue
+            if column.startswith("valid_") and row.get(column) not in (None, ""):
+                valid[column[len("valid_"):]] = float(row[column])
+            elif column.startswith("test_") and row.get(column) not in (None, ""):
+                test[column[len("test_"):]] = float(row[column])
+
+        def optional(name, kind):
+            return kind(row[name]) if row.get(name) not in (None, "") else None
+
+        return {
+            "trial": int(row["trial"]),
+            "params": params,
+            "valid_score": float(row["valid_score"]),
+            "best_valid_result": valid,
+            "test_result": test,
+            "num_parameters": optional("num_parameters", int),
+            "epochs_trained": optional("epochs_trained", int),
+            "seconds": optional("seconds", float),
+            "checkpoint": row.get("checkpoint") or None,
+            "finished_at": row.get("finished_at") or None,
+        }
+
+
+def make_record(params, result, seconds):
+    """A trial record from the objective's result dict."""
+    return {
+        "params": plain(params),
+        "valid_score": float(result["best_valid_score"]),
+        "best_valid_result": {k: float(v) for k, v in result["best_valid_result"].items()},
+        "test_result": {k: float(v) for k, v in (result.get("test_result") or {}).items()},
+        "num_parameters": result.get("num_parameters"),
+        "epochs_trained": result.get("epochs_trained"),
+        "seconds": round(seconds, 3),
+        "checkpoint": os.path.abspath(result["saved_model_file"]) if result.get("saved_model_file") else None,
+        "finished_at": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def execute_trial(objective, params, fixed_config_file_list=None, fixed_config_dict=None, extra=None):
+    """Train one trial: ``objective(fixed settings + params + extra)``; returns its record."""
+    config_dict = dict(fixed_config_dict or {})
+    config_dict.update(params)
+    config_dict.update(extra or {})
+    start = time.time()
+    result = objective(config_dict, fixed_config_file_list)
+    return make_record(params, result, time.time() - start)
+
+
+# --- one tuning run -----------------------------------------------------------------------
+def _quiet_import(name):
+    """Import hyperopt/ray without their 'pkg_resources is deprecated' import-time warning."""
+    import importlib
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        return importlib.import_module(name)
+
+
+def _yaml_dump(data, header=""):
+    body = yaml.safe_dump(plain(data), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return "".join(f"# {line}\n" for line in header.splitlines()) + body
+
+
+def _round_trip(data):
+    return yaml.safe_load(yaml.safe_dump(plain(data)))
+
+
+def _fmt(value, digits=4):
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if digits is not None else repr(value)
+    return str(value)
+
+
+class TuningRun:
+    """A validated search: the space, the fixed settings, the output folder and the trial store."""
+
+    def __init__(self, model, dataset, specs, params_file, algo, max_evals, early_stop, search_seed,
+                 output_dir, display_file, tool, fixed, base_config, objective):
+        self.model = model
+        self.dataset = dataset
+        self.specs = specs
+        self.params_file = params_file
+        self.algo = algo
+        self.requested_evals = max_evals
+        self.early_stop = early_stop
+        self.search_seed = search_seed
+        self.output_dir = output_dir
+        self.display_file = display_file
+        self.tool = tool
+        self.fixed = fixed
+        self.fixed_file = os.path.join(output_dir, FIXED_NAME)
+        self.metric = base_config["valid_metric"].lower()
+        self.bigger = bool(base_config["valid_metric_bigger"])
+        self.checkpoint_dir = base_config["checkpoint_dir"]
+        self.ties = tied_keys(model, specs)
+        self.objective = objective
+        self.store = TrialStore(os.path.join(output_dir, CSV_NAME))
+        self.logger = logging.getLogger(LOGGER_NAME)
+        self.trained = self.skipped = self.proposed = 0
+        self.best = None
+        self._space = None
+
+    # --- parameters of a trial
+    @property
+    def space(self):
+        if self._space is None:
+            _quiet_import("hyperopt")
+            self._space = {spec.name: spec.hyperopt() for spec in self.specs}
+        return self._space
+
+    @property
+    def grid_size(self):
+        if all(spec.kind == "choice" for spec in self.specs):
+            return math.prod(len(spec.args) for spec in self.specs)
+        return None
+
+    @property
+    def max_evals(self):
+        """Trials hyperopt is asked for: the grid for exhaustive, at most the grid for random."""
+        if self.algo == "exhaustive":
+            return self.grid_size
+        if self.algo == "random" and self.grid_size is not None:
+            return min(self.requested_evals, self.grid_size)
+        return self.requested_evals
+
+    def effective_params(self, raw):
+        """hyperopt's point -> the trial's parameters (spec order, normalized, then tied keys)."""
+        params = {spec.name: spec.normalize(raw[spec.name]) for spec in self.specs}
+        for tied, source in self.ties.items():
+            params[tied] = params[source]
+        return params
+
+    def checkpoint_file(self, params):
+        digest = hashlib.sha1((trial_key(self.fixed) + trial_key(params)).encode("utf-8")).hexdigest()[:12]
+        return os.path.join(self.checkpoint_dir, f"{self.model}-{self.dataset}-tune-{digest}.pth")
+
+    def hyperopt_algo(self):
+        """The suggest function fmin uses (``max_evals`` says how many points)."""
+        if self.algo == "bayes":
+            return _quiet_import("hyperopt.tpe").suggest
+        from recbole.trainer.hyper_tuning import exhaustive_search
+
+        # exhaustive: the whole grid; random: the same sampler, without replacement, capped
+        return partial(exhaustive_search, nbMaxSucessiveFailures=1000)
+
+    def rstate(self):
+        """hyperopt's random state for fmin: RandomState up to 0.2.5, a Generator from 0.2.7."""
+        import numpy as np
+
+        hyperopt = _quiet_import("hyperopt")
+        version = tuple(int(p) for p in re.findall(r"\d+", hyperopt.__version__)[:3])
+        return np.random.default_rng(self.search_seed) if version >= (0, 2, 7) else np.random.RandomState(self.search_seed)
+
+    def proposed_points(self):
+        """The points hyperopt proposes, without training (for Ray): the local search's points."""
+        hyperopt = _quiet_import("hyperopt")
+        points = []
+
+        def record(raw):
+            points.append(self.effective_params(raw))
+            return {"loss": 0.0, "status": hyperopt.STATUS_OK}
+
+        hyperopt.fmin(record, self.space, algo=self.hyperopt_algo(), max_evals=self.max_evals,
+                      rstate=self.rstate(), show_progressbar=False, return_argmin=False)
+        unique = {}
+        for params in points:
+            unique.setdefault(trial_key(params), params)
+        return list(unique.values())
+
+    # --- trials
+    def stored(self, params):
+        return self.store.get(trial_key(params))
+
+    def accept(self, params, record, number, total, skipped):
+        """Book a finished (or stored) trial: append it, log one line, track the best."""
+        if not skipped:
+            record = self.store.add(record)
+            self.trained += 1
+            self._write_reports()
+        else:
+            self.skipped += 1
+        if self.best is None or self._better(record, self.best):
+            self.best = record
+        self._log_trial(params, record, number, total, skipped)
+        return record
+
+    def _better(self, a, b):
+        if math.isnan(b["valid_score"]):
+            return not math.isnan(a["valid_score"])
+        return a["valid_score"] > b["valid_score"] if self.bigger else a["valid_score"] < b["valid_score"]
+
+    def loss(self, record):
+        score = record["valid_score"]
+        return -score if self.bigger else score
+
+    def _log_trial(self, params, record, number, total, skipped):
+        test = record["test_result"].get(self.metric)
+        line = (
+            set_color(f"trial {number}/{total}", "green")
+            + f" [{params_str(params)}] "
+            + set_color(f"valid {self.metric}", "blue") + f": {_fmt(record['valid_score'])}"
+            + f" (best {_fmt(self.best['valid_score'])})"
+            + (f", test {self.metric}: {_fmt(test)}" if test is not None else "")
+        )
+        if skipped:
+            line += ", " + set_color(f"skipped (stored as trial {record['trial']} in {CSV_NAME})", "yellow")
+        else:
+            line += ", " + set_color("time", "blue") + f": {record['seconds']:.2f}s"
+        self.logger.info(line)
+
+    # --- output files
+    def sorted_records(self):
+        def key(record):
+            score = record["valid_score"]
+            if math.isnan(score):
+                return (1, 0.0, record["trial"])
+            return (0, -score if self.bigger else score, record["trial"])
+
+        return sorted(self.store.records, key=key)
+
+    def _write_reports(self):
+        records = self.sorted_records()
+        if not records:
+            return
+        self._write_markdown(records)
+        self._write_best(records[0])
+
+    def write_outputs(self):
+        self._write_reports()
+        if self.display_file and self.store.records:
+            write_display(self.store.records, self.display_file, self.model, self.dataset, self.metric, self.bigger)
+
+    def _write_markdown(self, records):
+        names = []
+        for record in records:
+            names += [n for n in record["params"] if n not in names]
+        tests = []
+        for record in records:
+            tests += [m for m in record["test_result"] if m not in tests]
+        order = "higher" if self.bigger else "lower"
+        lines = [
+            f"# {self.model} on {self.dataset}: {len(records)} trials",
+            "",
+            f"Sorted by the validation metric, valid {self.metric} ({order} is better); test metrics of the "
+            f"best-validation checkpoint. Last search: {self.algo} over `{self.params_file}` "
+            f"({self.tool}, seed {self.search_seed}). Fixed settings: `{FIXED_NAME}`; best parameters: "
+            f"`{BEST_NAME}`; every column: `{CSV_NAME}`.",
+            "",
+            "| rank | trial | " + " | ".join(names) + f" | valid {self.metric} | "
+            + " | ".join(f"test {m}" for m in tests) + " | weights | epochs | seconds |",
+            "|" + "---:|" * (2 + len(names) + 1 + len(tests) + 3),
+        ]
+        for rank, record in enumerate(records, 1):
+            cells = [str(rank), str(record["trial"])]
+            cells += [_fmt(record["params"].get(n, ""), None) for n in names]
+            cells.append(_fmt(record["valid_score"]))
+            cells += [_fmt(record["test_result"].get(m, "")) for m in tests]
+            cells += [
+                f"{record['num_parameters']:,}" if record.get("num_parameters") is not None else "",
+                str(record.get("epochs_trained") or ""),
+                f"{record['seconds']:.1f}" if record.get("seconds") is not None else "",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        _atomic_write(os.path.join(self.output_dir, MD_NAME), "\n".join(lines) + "\n")
+
+    def _write_best(self, best):
+        test = ", ".join(f"{m} {_fmt(v)}" for m, v in best["test_result"].items())
+        header = (
+            f"Best of {len(self.store)} trials for {self.model} on {self.dataset}: trial {best['trial']}, "
+            f"valid {self.metric} {_fmt(best['valid_score'])}; test {test}.\n"
+            f"Use: python run_recbole_linear.py --model={self.model} --dataset={self.dataset} "
+            f"--config_files=\"{os.path.join(self.output_dir, FIXED_NAME)} {os.path.join(self.output_dir, BEST_NAME)}\""
+        )
+        _atomic_write(os.path.join(self.output_dir, BEST_NAME), _yaml_dump(best["params"], header))
+
+    # --- the local search
+    def run_hyperopt(self):
+        tuner = PluginHyperTuning(self)
+        tuner.run()
+        return tuner
+
+    def summary(self):
+        best = self.best
+        if self.store.records:
+            best = self.sorted_records()[0]
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "output_dir": self.output_dir,
+            "best_params": best["params"] if best else None,
+            "best_valid_score": best["valid_score"] if best else None,
+            "best_valid_result": best["best_valid_result"] if best else None,
+            "best_test_result": best["test_result"] if best else None,
+            "best_trial": best["trial"] if best else None,
+            "valid_metric": self.metric,
+            "trials": list(self.store.records),
+            "trained": self.trained,
+            "skipped": self.skipped,
+            "files": {
+                "trials_csv": self.store.path,
+                "trials_md": os.path.join(self.output_dir, MD_NAME),
+                "best_params": os.path.join(self.output_dir, BEST_NAME),
+                "fixed_config": self.fixed_file,
+                "display": self.display_file,
+                "log": os.path.join(self.output_dir, LOG_NAME),
+            },
+        }
+
+
+def _atomic_write(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_display(records, path, model, dataset, metric, bigger):
+    """RecBole's display file: the valid score of every trial in finishing order (plotly HTML).
+
+    RecBole's ``plot_hyper`` calls ``plotly.offline.plot``, which also opens a browser; this writes
+    the same chart (plus the best score so far) with ``write_html`` (plotly.js from its CDN: a small file). Without
+    plotly it writes a plain HTML table of the same data.
+    """
+    records = sorted(records, key=lambda r: r["trial"])
+    numbers_ = [r["trial"] for r in records]
+    scores = [r["valid_score"] for r in records]
+    best, best_so_far = None, []
+    for score in scores:
+        if best is None or (score > best if bigger else score < best):
+            best = score
+        best_so_far.append(best)
+    labels = [params_str(r["params"]) for r in records]
+    title = f"{model} on {dataset}: hyperparameter tuning (valid {metric})"
+    try:
+        import plotly.graph_objs as go
+    except ImportError:
+        rows = "".join(
+            f"<tr><td>{n}</td><td>{label}</td><td>{score:.4f}</td></tr>"
+            for n, label, score in zip(numbers_, labels, scores)
+        )
+        _atomic_write(path, f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head><body>"
+                            f"<h1>{title}</h1><table><tr><th>trial</th><th>parameters</th><th>valid {metric}</th></tr>"
+                            f"{rows}</table></body></html>\n")
+        return
+    fig = go.Figure(
+        data=[
+            go.Scatter(x=[str(n) for n in numbers_], y=scores, text=labels, mode="lines+markers",
+                       marker=dict(color="green"), name=f"{model} tuning process"),
+            go.Scatter(x=[str(n) for n in numbers_], y=best_so_far, mode="lines", line=dict(dash="dot"),
+                       name="best so far"),
+        ],
+        layout=go.Layout(title=title, xaxis=dict(title="trials"), yaxis=dict(title=f"valid {metric}")),
+    )
+    tmp = path + ".tmp.html"
+    fig.write_html(tmp, include_plotlyjs="cdn", full_html=True, auto_open=False)
+    os.replace(tmp, path)
+
+
+class PluginHyperTuning(HyperTuning):
+    """RecBole's ``HyperTuning`` with a seeded ``fmin``, trials served from disk, one log line each."""
+
+    def __init__(self, run):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            super().__init__(
+                run.objective,
+                space=run.space,
+                fixed_config_file_list=[run.fixed_file],
+                display_file=run.display_file,
+                algo=run.hyperopt_algo(),
+                max_evals=run.max_evals,
+                early_stop=max(run.early_stop, 1),
+            )
+        if run.early_stop <= 0:
+            self.early_stop_fn = None
+        self.tuning_run = run
+        self.model = run.model
+
+    def trial(self, params):
+        import hyperopt
+
+        run = self.tuning_run
+        run.proposed += 1
+        effective = run.effective_params(params)
+        record = run.stored(effective)
+        skipped = record is not None
+        if not skipped:
+            record = execute_trial(
+                self.objective_function, effective, self.fixed_config_file_list,
+                extra={"saved_model_file": run.checkpoint_file(effective)},
+            )
+        record = run.accept(effective, record, run.proposed, run.max_evals, skipped)
+        # RecBole's bookkeeping, for callers that read it
+        key = self.params2str(effective)
+        self.params_list.append(key)
+        self.score_list.append(record["valid_score"])
+        self.params2result[key] = {
+            "model": run.model, "best_valid_score": record["valid_score"], "valid_score_bigger": run.bigger,
+            "best_valid_result": record["best_valid_result"], "test_result": record["test_result"],
+        }
+        if run.best is record:
+            self.best_score, self.best_params, self.best_test_result = (
+                record["valid_score"], effective, record["test_result"])
+        return {"loss": run.loss(record), "status": hyperopt.STATUS_OK}
+
+    def plot_hyper(self):
+        run = self.tuning_run
+        write_display(run.store.records, self.display_file, run.model, run.dataset, run.metric, run.bigger)
+
+    def run(self):
+        from hyperopt import fmin
+
+        fmin(self.trial, self.space, algo=self.algo, max_evals=self.max_evals, early_stop_fn=self.early_stop_fn,
+             rstate=self.tuning_run.rstate(), show_progressbar=False, return_argmin=False)
+
+
+# --- preparing a run (all validation happens here, before any training) -------------------
+def _fixed_settings(config):
+    """Model, dataset, config files, config_dict and command line of a config, merged in precedence order."""
+    fixed = {}
+    fixed.update(config.file_config_dict)
+    fixed.update(config.variable_config_dict)
+    fixed.update(config.cmd_config_dict)
+    fixed["model"] = config["model"]
+    fixed["dataset"] = config["dataset"]
+    if isinstance(fixed.get("data_path"), str) and not os.path.isabs(fixed["data_path"]):
+        fixed["data_path"] = os.path.abspath(fixed["data_path"])  # Ray trials run in their own folders
+    return _round_trip(fixed)
+
+
+def _config(model, dataset, files, config_dict, cmd_args):
+    """create_config without leaving RecBole's CUDA_VISIBLE_DEVICES in this process (Ray counts GPUs by it)."""
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        return create_config(model, dataset, files, config_dict, cmd_args)
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+
+
+def _check_options(algo, tool, max_evals, early_stop, cpus_per_trial, gpus_per_trial):
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm '{algo}' (--algo takes {', '.join(ALGORITHMS)})")
+    if tool not in TOOLS:
+        raise ConfigError(f"unknown tool '{tool}' (--tool takes {', '.join(TOOLS)})")
+    if tool == "ray" and algo not in RAY_ALGORITHMS:
+        raise ConfigError(
+            f"--tool=ray runs --algo={' or '.join(RAY_ALGORITHMS)}, not '{algo}' "
+            f"(bayes needs each result before the next proposal: run it with --tool=hyperopt)"
+        )
+    if not isinstance(max_evals, numbers.Integral) or max_evals < 1:
+        raise ConfigError(f"invalid value for '--max_evals': {max_evals!r} (expected a positive integer)")
+    if not isinstance(early_stop, numbers.Integral) or early_stop < 0:
+        raise ConfigError(f"invalid value for '--early_stop': {early_stop!r} (expected 0 (off) or a positive integer)")
+    if not cpus_per_trial > 0:
+        raise ConfigError(f"invalid value for '--cpus_per_trial': {cpus_per_trial!r} (expected a positive number)")
+    if not gpus_per_trial >= 0:
+        raise ConfigError(f"invalid value for '--gpus_per_trial': {gpus_per_trial!r} (expected a non-negative number)")
+
+
+def _check_space(specs, algo, base_config, fixed, ties):
+    """Every tuned key is a config key, exhaustive has a grid, every candidate value makes a valid config."""
+    if algo == "exhaustive":
+        for spec in specs:
+            if spec.kind != "choice":
+                raise ParamsFileError(
+                    f"exhaustive search needs every parameter as 'choice', but '{spec.name}' is {spec.kind} "
+                    f"(line {spec.line}); use --algo=random or --algo=bayes"
+                )
+    model, known = base_config["model"], base_config.final_config_dict
+    for spec in specs:
+        if spec.name not in known:
+            raise ParamsFileError(
+                f"'{spec.name}' (params file line {spec.line}) is not a config key of {model} "
+                f"(RecBole's or the model's defaults); check the spelling or set it in a config file"
+            )
+    for spec in specs:
+        for value in spec.candidates():
+            # as in a trial: the fixed settings below the trial's parameters
+            trial = {spec.name: spec.normalize(value)}
+            trial.update({tied: trial[source] for tied, source in ties.items() if source in trial})
+            try:
+                _config(None, None, None, dict(fixed, **trial), None)
+            except ConfigError as e:
+                raise ConfigError(f"{spec.name}={value!r} from the params file (line {spec.line}): {e}") from e
+
+
+def _check_output_dir(output_dir, fixed, store):
+    """A folder with trials belongs to one set of fixed settings."""
+    fixed_file = os.path.join(output_dir, FIXED_NAME)
+    if not len(store):
+        return
+    if not os.path.isfile(fixed_file):
+        raise ConfigError(
+            f"output folder '{output_dir}' holds {CSV_NAME} but no {FIXED_NAME}; use another --output_dir"
+        )
+    stored = _round_trip(read_yaml(fixed_file))
+    if stored != fixed:
+        changed = sorted(k for k in set(stored) | set(fixed) if stored.get(k, "<unset>") != fixed.get(k, "<unset>"))
+        shown = ", ".join(f"{k}: {stored.get(k, '<unset>')!r} -> {fixed.get(k, '<unset>')!r}" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise ConfigError(
+            f"output folder '{output_dir}' holds trials of other fixed settings ({shown}{more}); "
+            f"use another --output_dir (or delete {CSV_NAME} there)"
+        )
+
+
+def prepare(model, dataset="ml-100k", params_file=None, config_file_list=None, config_dict=None, cmd_args=None,
+            algo="exhaustive", max_evals=100, early_stop=10, search_seed=2020, output_dir=None, display_file=None,
+            tool="hyperopt", cpus_per_trial=1, gpus_per_trial=0, objective=None):
+    """Validate everything a search needs (RecBoleLinearError, one line) and set up its output folder."""
+    algo = str(algo).lower()
+    tool = str(tool).lower()
+    _check_options(algo, tool, max_evals, early_stop, cpus_per_trial, gpus_per_trial)
+    params_file = resolve_params_file(model, params_file)
+    specs = read_params_file(params_file)
+    if tool == "ray":
+        import recbole_linear.tune_ray  # noqa: F401  (RayUnavailableError when ray cannot work here)
+
+    base_config = _config(model, dataset, config_file_list, config_dict, cmd_args)
+    check_dataset(base_config)
+    model_name, dataset_name = base_config["model"], base_config["dataset"]
+    ties = tied_keys(model_name, specs)
+    fixed = _fixed_settings(base_config)
+    _check_space(specs, algo, base_config, fixed, ties)
+
+    output_dir = output_dir or os.path.join("hyper_results", f"{model_name}-{dataset_name}")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ConfigError(f"--output_dir '{output_dir}' exists and is not a folder")
+    store = TrialStore(os.path.join(output_dir, CSV_NAME)).load()
+    _check_output_dir(output_dir, fixed, store)
+
+    os.makedirs(output_dir, exist_ok=True)
+    display_file = os.path.join(output_dir, HTML_NAME) if display_file is None else display_file
+    run = TuningRun(model_name, dataset_name, specs, params_file, algo, max_evals, early_stop, search_seed,
+                    output_dir, display_file, tool, fixed, base_config, objective or objective_function)
+    run.store = store
+    _atomic_write(run.fixed_file, _yaml_dump(
+        fixed, f"Fixed settings of every trial in this folder (written by '{PROG} tune').\n"
+               "Trials add their parameters on top (see trials.csv)."))
+    return run
+
+
+class _TuneLogging:
+    """The tuning log: RecBole-style lines on the console and in ``<output_dir>/tune.log``."""
+
+    def __init__(self, output_dir):
+        self.output_dir = output_dir
+        self.handlers = []
+
+    def __enter__(self):
+        import colorlog
+        from recbole.utils.logger import RemoveColorFilter, log_colors_config
+
+        logger = logging.getLogger(LOGGER_NAME)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # each trial re-initialises RecBole's root logger
+        file_handler = logging.FileHandler(os.path.join(self.output_dir, LOG_NAME), encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)-15s %(levelname)s  %(message)s", "%a %d %b %Y %H:%M:%S"))
+        file_handler.addFilter(RemoveColorFilter())
+        stream_handler = logging.StreamHandler()
+        stream_handler.setFormatter(colorlog.ColoredFormatter(
+            "%(log_color)s%(asctime)-15s %(levelname)s  %(message)s", "%d %b %H:%M", log_colors=log_colors_config))
+        self.handlers = [file_handler, stream_handler]
+        for handler in self.handlers:
+            logger.addHandler(handler)
+        return logger
+
+    def __exit__(self, *exc):
+        logger = logging.getLogger(LOGGER_NAME)
+        for handler in self.handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        return False
+
+
+def tune(model, dataset="ml-100k", params_file=None, config_file_list=None, config_dict=None, cmd_args=None,
+         algo="exhaustive", max_evals=100, early_stop=10, search_seed=2020, output_dir=None, display_file=None,
+         tool="hyperopt", ray_address=None, cpus_per_trial=1, gpus_per_trial=0, objective=None):
+    """Tune ``model`` on ``dataset``; returns the best parameters, scores, every trial and the output files.
+
+    Args:
+        model (str): a plugin or RecBole model name.
+        dataset (str): dataset name (``ml-100k`` is RecBole's bundled copy).
+        params_file (str): a ``.hyper`` file; default ``properties/hyper/<Model>.hyper``.
+        config_file_list, config_dict, cmd_args: the fixed settings, as for ``create_config``.
+        algo (str): ``exhaustive`` (the whole grid), ``random`` or ``bayes`` (hyperopt's TPE).
+        max_evals (int): trials for random and bayes (exhaustive runs the grid).
+        early_stop (int): stop after this many trials without a better valid score (0: never).
+        search_seed (int): seeds hyperopt's proposals (and Ray's sampled points).
+        output_dir (str): results folder, default ``hyper_results/<model>-<dataset>``.
+        display_file (str): the HTML chart, default ``<output_dir>/tuning.html`` ('' for none).
+        tool (str): ``hyperopt`` (trials one after another, here) or ``ray`` (Ray Tune).
+        ray_address (str): an existing Ray cluster (default: start a local instance).
+        cpus_per_trial, gpus_per_trial (float): Ray resources of each trial.
+        objective (callable): ``objective(config_dict, config_file_list) -> result dict``; default
+            the plugin's ``objective_function`` (hyperopt tool only; Ray trials always use it).
+    """
+    run = prepare(model, dataset, params_file, config_file_list, config_dict, cmd_args, algo, max_evals,
+                  early_stop, search_seed, output_dir, display_file, tool, cpus_per_trial, gpus_per_trial, objective)
+    with _TuneLogging(run.output_dir) as logger:
+        logger.info(
+            f"tuning {run.model} on {run.dataset}: {run.algo} search with {run.tool}, "
+            f"{run.max_evals} trials at most, seed {run.search_seed}, output in {run.output_dir}"
+        )
+        logger.info("search space (" + run.params_file + "): " + "; ".join(s.describe() for s in run.specs))
+        if run.ties:
+            logger.info("tied keys: " + ", ".join(f"{t} = {s}" for t, s in run.ties.items()))
+        overridden = [s.name for s in run.specs if s.name in run.fixed]
+        if overridden:
+            logger.warning(f"tuned keys override their fixed values: {', '.join(overridden)}")
+        if len(run.store):
+            logger.info(f"{len(run.store)} trials already in {run.store.path}: a trial proposed again is not retrained")
+        try:
+            if run.tool == "ray":
+                from recbole_linear.tune_ray import run_on_ray
+
+                run_on_ray(run, address=ray_address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
+            else:
+                run.run_hyperopt()
+        finally:
+            run.write_outputs()
+        summary = run.summary()
+        if summary["best_params"] is not None:
+            logger.info(
+                f"best of {len(run.store)} trials (trial {summary['best_trial']}): [{params_str(summary['best_params'])}] "
+                f"valid {run.metric}: {_fmt(summary['best_valid_score'])}, test: {summary['best_test_result']}"
+            )
+        logger.info(f"{run.trained} trained, {run.skipped} served from {CSV_NAME}; results in {run.output_dir}: "
+                    f"{CSV_NAME}, {MD_NAME}, {BEST_NAME}" + (f", {os.path.basename(run.display_file)}"
+                                                             if run.display_file else ""))
+    return summary
+
+
+# --- command line -------------------------------------------------------------------------
+def tune_parser():
+    parser = common_parser(
+        f"{PROG} tune",
+        "Tune hyperparameters of a plugin or RecBole model with RecBole's HyperTuning (hyperopt) or Ray Tune. "
+        "Every other --key=value is a fixed RecBole setting of every trial.",
+    )
+    parser.add_argument("--model", "-m", required=True, help="model name, e.g. LRURec, LinRec, GLINTRU, SASRec")
+    parser.add_argument("--params_file", default=None,
+                        help="search space in RecBole's .hyper format (default: properties/hyper/<Model>.hyper)")
+    parser.add_argument("--algo", default="exhaustive", help="exhaustive (default), random or bayes")
+    parser.add_argument("--max_evals", type=int, default=100, help="trials for random and bayes (default 100)")
+    parser.add_argument("--early_stop", type=int, default=10,
+                        help="stop after this many trials without improvement (default 10, RecBole's; 0: never)")
+    parser.add_argument("--search_seed", type=int, default=2020, help="seed of the proposed points (default 2020)")
+    parser.add_argument("--output_dir", default=None, help="results folder (default hyper_results/<model>-<dataset>)")
+    parser.add_argument("--display_file", default=None, help="HTML chart of the trials (default <output_dir>/tuning.html)")
+    parser.add_argument("--tool", default="hyperopt", help="hyperopt (default: one trial after another) or ray")
+    parser.add_argument("--ray_address", default=None, help="address of an existing Ray cluster (default: a local one)")
+    parser.add_argument("--cpus_per_trial", type=float, default=1, help="Ray: CPUs of each trial (default 1)")
+    parser.add_argument("--gpus_per_trial", type=float, default=0, help="Ray: GPUs of each trial (default 0)")
+    return parser
+
+
+def cli_main(argv):
+    args, overrides = parse_known(tune_parser(), argv)
+    tune(
+        model=args.model,
+        dataset=args.dataset,
+        params_file=args.params_file,
+        config_file_list=split_config_files(args.config_files),
+        cmd_args=overrides,
+        algo=args.algo,
+        max_evals=args.max_evals,
+        early_stop=args.early_stop,
+        search_seed=args.search_seed,
+        output_dir=args.output_dir,
+        display_file=args.display_file,
+        tool=args.tool,
+        ray_address=args.ray_address,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+    )
+    return 0
+
+
+if __name__ == "__main__":  # python -m recbole_linear.tune ...
+    from recbole_linear.cli import main
+
+    sys.exit(main(["tune", *sys.argv[1:]]))

@@ -178,7 +178,9 @@ def test_scores_do_not_depend_on_max_item_list_length():
     long_seq = F.pad(batch[ITEM_SEQ], (0, 35 - MAX_LEN))
     long_batch = Interaction({ITEM_SEQ: long_seq, ITEM_SEQ_LEN: batch[ITEM_SEQ_LEN], POS_ITEM_ID: batch[POS_ITEM_ID]})
     with torch.no_grad():
-        torch.testing.assert_close(short.full_sort_predict(batch), long.full_sort_predict(long_batch), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            short.full_sort_predict(batch), long.full_sort_predict(long_batch), rtol=0, atol=1e-6
+        )
         torch.testing.assert_close(short.predict(batch), long.predict(long_batch), rtol=0, atol=1e-6)
 
 
@@ -343,7 +345,7 @@ def test_property_file_defaults_are_the_official_ones():
 
     defaults = load_model_defaults("LRURec")
     assert defaults["learner"] == "adamw" and defaults["learning_rate"] == 0.001
-    assert defaults["weight_decay"] == 0.01
+    assert defaults["weight_decay"] == 0.01 and defaults["optimizer_eps"] == 1e-9
     assert defaults["clip_grad_norm"] == {"max_norm": 5.0, "norm_type": 2}
 
 

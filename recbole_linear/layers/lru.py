@@ -14,8 +14,9 @@ and becomes complex only inside ``forward``/``step``.
 
 Contents:
 
-- :func:`lru_parallel_scan` (fast, used by the model) and :func:`lru_recurrent_scan`
-  (the step-by-step reference, used only by the tests);
+- :func:`lru_parallel_scan` (fast, used by the model; a hand-written backward runs the same
+  scan in reverse) and :func:`lru_recurrent_scan` (the step-by-step reference, used only by
+  the tests); :func:`gather_positions` (one position per row);
 - :func:`ring_init_log_params`, :func:`truncated_normal_` (the official initialisations);
 - :class:`LRULayer`, :class:`PositionwiseFeedForward`, :class:`LRUBlock`.
 """

@@ -25,6 +25,7 @@ from recbole.model.loss import BPRLoss
 
 from recbole_linear.errors import ConfigError
 from recbole_linear.layers.linear_attention import LinearMultiHeadAttention
+from recbole_linear.config import fill_model_defaults
 
 
 class GLINTRU(SequentialRecommender):
@@ -98,6 +99,8 @@ class GLINTRU(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super(GLINTRU, self).__init__(config, dataset)
+        # defaults for keys a config from RecBole's own Config (stock run_recbole) lacks
+        fill_model_defaults(config, "GLINTRU")
 
         # load parameters info
         self.embedding_size = config["embedding_size"]

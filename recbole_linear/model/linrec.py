@@ -20,6 +20,7 @@ from recbole.model.layers import FeedForward
 from recbole.model.loss import BPRLoss
 
 from recbole_linear.layers.linear_attention import LinearMultiHeadAttention
+from recbole_linear.config import fill_model_defaults
 
 
 class LinearTransformerLayer(nn.Module):
@@ -115,6 +116,8 @@ class LinRec(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super(LinRec, self).__init__(config, dataset)
+        # defaults for keys a config from RecBole's own Config (stock run_recbole) lacks
+        fill_model_defaults(config, "LinRec")
 
         # load parameters info
         self.n_layers = config["n_layers"]

@@ -16,6 +16,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 
 from recbole_linear.layers.lru import LRUBlock, truncated_normal_
+from recbole_linear.config import fill_model_defaults
 
 
 class LRURec(SequentialRecommender):
@@ -52,15 +53,22 @@ class LRURec(SequentialRecommender):
            Columns after the longest sequence in the batch are cut before the scan.
         5. Evaluation does not mask the user's history items (RecBole's full-sort protocol for
            sequential models); the official evaluation sets them (and id 0) to -1e9.
-        6. The optimizer: use :meth:`optimizer_param_groups` for the official no-decay rule
-           (no weight decay on names containing ``bias`` or ``layer_norm``); RecBole's AdamW
-           uses eps 1e-8, the official code 1e-9. The XLong sampled-softmax branch (100
+        6. The optimizer: the official no-decay rule (no weight decay on names containing
+           ``bias`` or ``layer_norm``) comes from :meth:`optimizer_param_groups` and the official
+           AdamW eps 1e-9 from ``optimizer_eps``; both need the plugin's Trainer (RecBole's own
+           decays every parameter and uses eps 1e-8). The XLong sampled-softmax branch (100
            training / 10,000 evaluation negatives) is not ported; ``loss_type='BPR'`` (RecBole's
            sampled BPR, with ``b_o``) is an addition.
+        7. Same function, different floating-point order: gamma is folded into B and b_B
+           (``(gamma B) x + gamma b_B``); the scan runs in place with a hand-written backward;
+           the last block's output projection and FFN (position-wise) run only at the read
+           position, so its dropout masks are drawn for that position alone.
     """
 
     def __init__(self, config, dataset):
         super(LRURec, self).__init__(config, dataset)
+        # defaults for keys a config from RecBole's own Config (stock run_recbole) lacks
+        fill_model_defaults(config, "LRURec")
 
         # load parameters info
         self.hidden_size = config["hidden_size"]

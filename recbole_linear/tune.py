@@ -31,402 +31,51 @@ Where this differs from RecBole's ``HyperTuning``:
 - ``exhaustive`` rejects spaces with non-``choice`` parameters (RecBole silently samples them);
 - ``quniform`` values are integers when low, high and q are integers (hyperopt gives floats,
   which ``hidden_size`` cannot take);
-- tied keys (:data:`TIED_PARAMS`): when the source key is tuned and the tied key is not, the tied
-  key takes the same value in every trial (GLINT-RU needs ``embedding_size == hidden_size``);
-  the tied values are part of the trial and of ``best_params.yaml``;
+- tied keys (:data:`~recbole_linear.hyper_space.TIED_PARAMS`): when the source key is tuned and
+  the tied key is not, the tied key takes the same value in every trial (GLINT-RU needs
+  ``embedding_size == hidden_size``); the tied values are part of the trial and of ``best_params.yaml``;
 - ``--early_stop=0`` turns RecBole's no-progress early stop off;
 - the HTML display file is written with plotly's ``write_html`` (RecBole's ``plot_hyper`` opens a
   browser); without plotly, a plain HTML table;
 - progress is logged (one line per trial) instead of printed.
 """
-import ast
-import csv
 import hashlib
-import io
-import json
 import logging
 import math
 import numbers
 import os
 import re
 import sys
-import time
 import warnings
-from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 
 import yaml
 from recbole.trainer.hyper_tuning import HyperTuning
 from recbole.utils import set_color
 
-from recbole_linear import paths
 from recbole_linear.cli import PROG, common_parser, parse_known, split_config_files
 from recbole_linear.config import create_config, read_yaml
-from recbole_linear.errors import ConfigError, RecBoleLinearError
+from recbole_linear.errors import ConfigError
+from recbole_linear.hyper_space import (
+    CSV_NAME,
+    ParamsFileError,
+    params_str,
+    plain,
+    read_params_file,
+    resolve_params_file,
+    tied_keys,
+    trial_key,
+)
 from recbole_linear.quick_start import check_dataset, objective_function
-from recbole_linear.registry import canonical_model_name
+from recbole_linear.tune_store import TrialStore, execute_trial
 
 ALGORITHMS = ("exhaustive", "random", "bayes")
 TOOLS = ("hyperopt", "ray")
 RAY_ALGORITHMS = ("exhaustive", "random")
-PARAM_TYPES = ("choice", "uniform", "loguniform", "quniform")
 
-# model -> {tied key: source key}. When the source key is tuned and the tied key is not, every
-# trial sets the tied key to the source's value. One "hidden size" and one "dropout" knob per
-# model make the spaces of different models match (same axes, same grid size).
-TIED_PARAMS = {
-    # the model requires embedding_size == hidden_size; the official run.py sets both dropouts
-    # around the same value (0.2 / unpublished), the gate's hard-coded 0.3 stays as it is
-    "GLINTRU": {"embedding_size": "hidden_size", "hidden_dropout_prob": "dropout_prob"},
-    # the paper tunes one dropout rate; officially bert_dropout and bert_attn_dropout are equal
-    "LRURec": {"lru_dropout_prob": "dropout_prob"},
-    # RecBole's defaults keep the two dropouts equal
-    "SASRec": {"attn_dropout_prob": "hidden_dropout_prob"},
-    "BERT4Rec": {"attn_dropout_prob": "hidden_dropout_prob"},
-    # the scoring width d is embedding_size, the GRU's is hidden_size: tune them as one width
-    "GRU4Rec": {"embedding_size": "hidden_size"},
-}
-
-CSV_NAME, MD_NAME, BEST_NAME = "trials.csv", "trials.md", "best_params.yaml"
+MD_NAME, BEST_NAME = "trials.md", "best_params.yaml"
 FIXED_NAME, LOG_NAME, HTML_NAME = "fixed_config.yaml", "tune.log", "tuning.html"
-_RESERVED_COLUMNS = ("trial", "valid_score", "num_parameters", "epochs_trained", "seconds", "checkpoint",
-                     "finished_at", "params")
-_LINE_FORMS = ("'<name> choice [v1, v2, ...]', '<name> uniform <low>,<high>', "
-               "'<name> loguniform <low>,<high>' or '<name> quniform <low>,<high>,<q>'")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_ARITY = {"uniform": 2, "loguniform": 2, "quniform": 3}
 LOGGER_NAME = "recbole_linear.tune"
-
-
-class ParamsFileError(ConfigError):
-    """A missing, unreadable or malformed ``.hyper`` file."""
-
-
-class TrialFailedError(RecBoleLinearError):
-    """Trials that raised on Ray (their tracebacks stay in Ray's trial folders)."""
-
-
-# --- values -------------------------------------------------------------------------------
-def plain(value):
-    """numpy scalars -> Python numbers, tuples -> lists (recursively): YAML/JSON-ready values."""
-    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict, str)):
-        try:
-            return value.item()
-        except (TypeError, ValueError):
-            return value
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    return value
-
-
-def trial_key(params):
-    """The identity of a trial under fixed settings: its parameters as canonical JSON."""
-    return json.dumps(plain(params), sort_keys=True)
-
-
-def params_str(params):
-    return ", ".join(f"{name}={value}" for name, value in params.items())
-
-
-# --- the search space: RecBole's .hyper format --------------------------------------------
-@dataclass(frozen=True)
-class ParamSpec:
-    """One line of a ``.hyper`` file."""
-
-    name: str
-    kind: str  # choice | uniform | loguniform | quniform
-    args: tuple  # choice: the values; uniform, loguniform: (low, high); quniform: (low, high, q)
-    line: int
-
-    def hyperopt(self):
-        from hyperopt import hp
-
-        if self.kind == "choice":
-            return hp.choice(self.name, list(self.args))
-        return getattr(hp, self.kind)(self.name, *self.args)
-
-    @property
-    def integral(self):
-        return self.kind == "quniform" and all(float(a).is_integer() for a in self.args)
-
-    def normalize(self, value):
-        value = plain(value)
-        if self.integral and isinstance(value, float) and value.is_integer():
-            return int(value)
-        return value
-
-    def candidates(self):
-        """Values checked against the config before training: every choice, or the range's ends."""
-        if self.kind == "choice":
-            return list(self.args)
-        low, high = self.args[:2]
-        if self.kind == "loguniform":
-            return [math.exp(low), math.exp(high)]
-        if self.kind == "quniform":
-            q = self.args[2]
-            return [self.normalize(max(round(low / q) * q, low)), self.normalize(min(round(high / q) * q, high))]
-        return [low, high]
-
-    def describe(self):
-        if self.kind == "choice":
-            return f"{self.name} choice {list(self.args)}"
-        return f"{self.name} {self.kind} {','.join(f'{a:g}' for a in self.args)}"
-
-
-def resolve_params_file(model, params_file=None):
-    """``params_file``, or the plugin's ``properties/hyper/<Model>.hyper``; ParamsFileError if missing."""
-    if params_file:
-        if not os.path.isfile(params_file):
-            raise ParamsFileError(f"params file '{params_file}' not found")
-        return params_file
-    default = paths.hyper_file(canonical_model_name(model))
-    if not os.path.isfile(default):
-        raise ParamsFileError(
-            f"no search space for model '{model}': {default} does not exist (pass --params_file=<file.hyper>)"
-        )
-    return default
-
-
-def read_params_file(path):
-    """The parameters of a ``.hyper`` file, validated line by line (ParamsFileError, one line)."""
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError as e:
-        raise ParamsFileError(f"params file '{path}' not found") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ParamsFileError(f"cannot read params file '{path}': {getattr(e, 'strerror', None) or e}") from e
-    specs = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        spec = _parse_line(line, f"params file '{path}', line {number}", number)
-        if spec.name in specs:
-            raise ParamsFileError(f"params file '{path}', line {number}: '{spec.name}' is defined twice")
-        specs[spec.name] = spec
-    if not specs:
-        raise ParamsFileError(f"params file '{path}' defines no parameter (one per line: {_LINE_FORMS})")
-    return list(specs.values())
-
-
-def _parse_line(line, where, number):
-    parts = line.split(None, 2)
-    if len(parts) < 3:
-        raise ParamsFileError(f"{where}: expected {_LINE_FORMS}, got '{line}'")
-    name, kind, rest = parts
-    if not _NAME.match(name):
-        raise ParamsFileError(f"{where}: '{name}' is not a config key name")
-    if name in _RESERVED_COLUMNS:
-        raise ParamsFileError(f"{where}: '{name}' cannot be tuned (it names a column of {CSV_NAME})")
-    if kind == "choice":
-        try:
-            values = ast.literal_eval(rest)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            raise ParamsFileError(
-                f"{where}: cannot parse the value list {rest!r} (expected a list of literals such as [0.001, 0.01])"
-            ) from None
-        if not isinstance(values, (list, tuple)) or not values:
-            raise ParamsFileError(f"{where}: 'choice' needs a non-empty list such as [0.001, 0.01], got {rest!r}")
-        keys = [json.dumps(plain(v), sort_keys=True) for v in values]
-        if len(set(keys)) != len(keys):
-            raise ParamsFileError(f"{where}: the value list {rest!r} repeats a value")
-        return ParamSpec(name, kind, tuple(values), number)
-    if kind in _ARITY:
-        arity = _ARITY[kind]
-        form = "<low>,<high>" if arity == 2 else "<low>,<high>,<q>"
-        tokens = [t for t in re.split(r"[,\s]+", rest.strip()) if t]
-        try:
-            bounds = tuple(float(t) for t in tokens)
-        except ValueError:
-            bounds = ()
-        if len(bounds) != arity or not all(math.isfinite(b) for b in bounds):
-            raise ParamsFileError(f"{where}: '{kind}' needs {arity} numbers {form}, got {rest!r}")
-        if bounds[0] >= bounds[1]:
-            raise ParamsFileError(f"{where}: '{kind}' needs low < high, got {rest!r}")
-        if kind == "quniform" and bounds[2] <= 0:
-            raise ParamsFileError(f"{where}: 'quniform' needs a positive step q, got {rest!r}")
-        return ParamSpec(name, kind, bounds, number)
-    raise ParamsFileError(f"{where}: unknown type '{kind}' (expected one of {', '.join(PARAM_TYPES)})")
-
-
-def tied_keys(model, specs):
-    """{tied key: source key} that apply to this model and space."""
-    tuned = {spec.name for spec in specs}
-    return {
-        tied: source
-        for tied, source in TIED_PARAMS.get(model, {}).items()
-        if source in tuned and tied not in tuned
-    }
-
-
-# --- trials on disk -----------------------------------------------------------------------
-def _cell(value):
-    value = plain(value)
-    if value is None:
-        return ""
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return value
-
-
-class TrialStore:
-    """``trials.csv``: one row per finished trial, appended (and flushed) as each one finishes.
-
-    The ``params`` column (canonical JSON) is the trial's identity; the other columns are for
-    reading: one per parameter, ``valid_score`` (the valid metric), ``valid_<metric>`` and
-    ``test_<metric>`` for every metric, size, epochs, seconds, checkpoint, finish time.
-    """
-
-    def __init__(self, path):
-        self.path = path
-        self.records = []
-        self._by_key = {}
-        self._header = None
-
-    def load(self):
-        """Read the stored trials; a torn last line (a run killed while writing) is dropped."""
-        if not os.path.isfile(self.path):
-            return self
-        with open(self.path, "r", encoding="utf-8", newline="") as f:
-            text = f.read()
-        rows = list(csv.DictReader(io.StringIO(text)))
-        header = next(csv.reader(io.StringIO(text)), None) if text else None
-        dropped = 0
-        for row in rows:
-            try:
-                record = self._parse(row, header)
-            except (KeyError, TypeError, ValueError):
-                dropped += 1
-                continue
-            self._remember(record)
-        self._header = header
-        if dropped or (text and not text.endswith("\n")):
-            self._rewrite()
-        return self
-
-    def __len__(self):
-        return len(self.records)
-
-    def get(self, key):
-        return self._by_key.get(key)
-
-    def add(self, record):
-        record = dict(record, trial=len(self.records) + 1)
-        self._remember(record)
-        header = self._columns()
-        if header != self._header or not os.path.isfile(self.path):
-            self._rewrite()
-        else:
-            with open(self.path, "a", encoding="utf-8", newline="") as f:
-                csv.writer(f).writerow(self._row(record, header))
-                f.flush()
-                os.fsync(f.fileno())
-        return record
-
-    # --- helpers
-    def _remember(self, record):
-        self.records.append(record)
-        self._by_key[trial_key(record["params"])] = record
-
-    def _columns(self):
-        names, metrics = [], []
-        for record in self.records:
-            names += [name for name in record["params"] if name not in names]
-            for prefix, result in (("valid_", record["best_valid_result"]), ("test_", record["test_result"])):
-                metrics += [prefix + m for m in result if prefix + m not in metrics]
-        valid = [m for m in metrics if m.startswith("valid_")]
-        test = [m for m in metrics if m.startswith("test_")]
-        return ["trial", *names, "valid_score", *valid, *test, *_RESERVED_COLUMNS[2:]]
-
-    @staticmethod
-    def _row(record, header):
-        params = record["params"]
-        row = []
-        for column in header:
-            if column in _RESERVED_COLUMNS:
-                value = json.dumps(plain(params)) if column == "params" else record.get(column)
-            elif column in params:
-                value = params[column]
-            elif column.startswith("valid_"):
-                value = record["best_valid_result"].get(column[len("valid_"):])
-            elif column.startswith("test_"):
-                value = record["test_result"].get(column[len("test_"):])
-            else:
-                value = None
-            row.append(_cell(value))
-        return row
-
-    def _rewrite(self):
-        header = self._columns() if self.records else (self._header or self._columns())
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            for record in self.records:
-                writer.writerow(self._row(record, header))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        self._header = header
-
-    @staticmethod
-    def _parse(row, header):
-        params = json.loads(row["params"])
-        if not isinstance(params, dict):
-            raise ValueError("params is not a mapping")
-        valid, test = {}, {}
-        for column in header:
-            if column in params or column in _RESERVED_COLUMNS:
-                continue
-            if column.startswith("valid_") and row.get(column) not in (None, ""):
-                valid[column[len("valid_"):]] = float(row[column])
-            elif column.startswith("test_") and row.get(column) not in (None, ""):
-                test[column[len("test_"):]] = float(row[column])
-
-        def optional(name, kind):
-            return kind(row[name]) if row.get(name) not in (None, "") else None
-
-        return {
-            "trial": int(row["trial"]),
-            "params": params,
-            "valid_score": float(row["valid_score"]),
-            "best_valid_result": valid,
-            "test_result": test,
-            "num_parameters": optional("num_parameters", int),
-            "epochs_trained": optional("epochs_trained", int),
-            "seconds": optional("seconds", float),
-            "checkpoint": row.get("checkpoint") or None,
-            "finished_at": row.get("finished_at") or None,
-        }
-
-
-def make_record(params, result, seconds):
-    """A trial record from the objective's result dict."""
-    return {
-        "params": plain(params),
-        "valid_score": float(result["best_valid_score"]),
-        "best_valid_result": {k: float(v) for k, v in result["best_valid_result"].items()},
-        "test_result": {k: float(v) for k, v in (result.get("test_result") or {}).items()},
-        "num_parameters": result.get("num_parameters"),
-        "epochs_trained": result.get("epochs_trained"),
-        "seconds": round(seconds, 3),
-        "checkpoint": os.path.abspath(result["saved_model_file"]) if result.get("saved_model_file") else None,
-        "finished_at": datetime.now().isoformat(timespec="seconds"),
-    }
-
-
-def execute_trial(objective, params, fixed_config_file_list=None, fixed_config_dict=None, extra=None):
-    """Train one trial: ``objective(fixed settings + params + extra)``; returns its record."""
-    config_dict = dict(fixed_config_dict or {})
-    config_dict.update(params)
-    config_dict.update(extra or {})
-    start = time.time()
-    result = objective(config_dict, fixed_config_file_list)
-    return make_record(params, result, time.time() - start)
 
 
 # --- one tuning run -----------------------------------------------------------------------

@@ -20,7 +20,8 @@ import os
 import time
 
 from recbole_linear.errors import ConfigError, RecBoleLinearError
-from recbole_linear.tune import TrialFailedError, _quiet_import, execute_trial
+from recbole_linear.tune import _quiet_import
+from recbole_linear.tune_store import TrialFailedError, execute_trial
 
 
 class RayUnavailableError(RecBoleLinearError):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from recbole_linear import paths
+from recbole_linear import hyper_space, paths, tune_store
 from recbole_linear import tune as tuning
 from recbole_linear.config import create_config, read_yaml
 from recbole_linear.errors import ConfigError
@@ -57,7 +57,7 @@ def test_params_file_reads_recbole_format_with_all_four_types(tmp_path):
     path = write_hyper(tmp_path, "# a comment\n\nlearning_rate loguniform -9.21,-4.61\n"
                                  "dropout_prob uniform 0.1 0.5\nhidden_size quniform 32,128,32\n"
                                  "mlp choice ['[64,64]', '[128]']\nweight_decay choice [0, 1e-6, 1e-4]\n")
-    specs = {spec.name: spec for spec in tuning.read_params_file(path)}
+    specs = {spec.name: spec for spec in hyper_space.read_params_file(path)}
     assert [s.kind for s in specs.values()] == ["loguniform", "uniform", "quniform", "choice", "choice"]
     assert specs["learning_rate"].args == (-9.21, -4.61)
     assert specs["dropout_prob"].args == (0.1, 0.5)  # space-separated bounds are accepted too
@@ -90,8 +90,8 @@ def test_params_file_reads_recbole_format_with_all_four_types(tmp_path):
 )
 def test_malformed_params_file_is_one_clear_error(tmp_path, text, fragment):
     path = write_hyper(tmp_path, text)
-    with pytest.raises(tuning.ParamsFileError) as error:
-        tuning.read_params_file(path)
+    with pytest.raises(hyper_space.ParamsFileError) as error:
+        hyper_space.read_params_file(path)
     message = str(error.value)
     assert fragment in message and "\n" not in message
     if "line" in message:
@@ -99,10 +99,10 @@ def test_malformed_params_file_is_one_clear_error(tmp_path, text, fragment):
 
 
 def test_default_params_file_is_the_models_hyper_file():
-    assert tuning.resolve_params_file("GLINT-RU") == paths.hyper_file("GLINTRU")
-    assert tuning.resolve_params_file("LRURec").endswith(os.path.join("properties", "hyper", "LRURec.hyper"))
-    with pytest.raises(tuning.ParamsFileError, match="no search space for model 'Caser'"):
-        tuning.resolve_params_file("Caser")
+    assert hyper_space.resolve_params_file("GLINT-RU") == paths.hyper_file("GLINTRU")
+    assert hyper_space.resolve_params_file("LRURec").endswith(os.path.join("properties", "hyper", "LRURec.hyper"))
+    with pytest.raises(hyper_space.ParamsFileError, match="no search space for model 'Caser'"):
+        hyper_space.resolve_params_file("Caser")
 
 
 # --- the shipped search spaces ---------------------------------------------------------
@@ -111,7 +111,7 @@ def test_shipped_spaces_match_recbole_parser_and_the_paper_grid():
 
     for model in SHIPPED_MODELS:
         path = paths.hyper_file(model)
-        specs = tuning.read_params_file(path)
+        specs = hyper_space.read_params_file(path)
         recbole_space = HyperTuning._build_space_from_file(path)  # RecBole reads the same file
         assert list(recbole_space) == [spec.name for spec in specs]
         assert all(spec.kind == "choice" for spec in specs)  # exhaustive-searchable
@@ -120,13 +120,13 @@ def test_shipped_spaces_match_recbole_parser_and_the_paper_grid():
             grid *= len(spec.args)
         assert grid == _spacesize(recbole_space) == 48, model  # the same budget for every model
         assert {s.name: s.args for s in specs}["learning_rate"] == (0.0005, 0.001, 0.005)
-    lrurec = {s.name: s.args for s in tuning.read_params_file(paths.hyper_file("LRURec"))}
+    lrurec = {s.name: s.args for s in hyper_space.read_params_file(paths.hyper_file("LRURec"))}
     assert lrurec["weight_decay"] == (0, 1e-6, 1e-4, 1e-2)
     assert lrurec["dropout_prob"] == (0.2, 0.4, 0.6, 0.8)
-    assert tuning.tied_keys("LRURec", tuning.read_params_file(paths.hyper_file("LRURec"))) == {
+    assert hyper_space.tied_keys("LRURec", hyper_space.read_params_file(paths.hyper_file("LRURec"))) == {
         "lru_dropout_prob": "dropout_prob"}
-    assert tuning.tied_keys("GLINTRU", tuning.read_params_file(paths.hyper_file("GLINTRU")))["embedding_size"] \
-        == "hidden_size"
+    glintru_ties = hyper_space.tied_keys("GLINTRU", hyper_space.read_params_file(paths.hyper_file("GLINTRU")))
+    assert glintru_ties["embedding_size"] == "hidden_size"
 
 
 @pytest.mark.parametrize("model", SHIPPED_MODELS)
@@ -178,14 +178,14 @@ def _record(lr, score):
 
 def test_store_keeps_finished_trials_and_drops_a_torn_last_line(tmp_path):
     path = str(tmp_path / "trials.csv")
-    store = tuning.TrialStore(path).load()
+    store = tune_store.TrialStore(path).load()
     store.add(_record(0.001, 0.25))
     store.add(_record(0.01, 0.5))
     with open(path, "a") as f:
         f.write('3,0.1,0.75,0.75,0.3,10,1,0.5,,2026-01-01T00:00:00,"{""learning_')  # killed mid-write
-    reloaded = tuning.TrialStore(path).load()
+    reloaded = tune_store.TrialStore(path).load()
     assert [r["params"] for r in reloaded.records] == [{"learning_rate": 0.001}, {"learning_rate": 0.01}]
-    assert reloaded.get(tuning.trial_key({"learning_rate": 0.01}))["test_result"] == {"mrr@10": 0.25}
+    assert reloaded.get(hyper_space.trial_key({"learning_rate": 0.01}))["test_result"] == {"mrr@10": 0.25}
     with open(path) as f:
         text = f.read()
     assert text.endswith("\n") and "learning_\n" not in text and len(read_trials(tmp_path)) == 2

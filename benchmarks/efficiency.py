@@ -275,6 +275,8 @@ def write_report(args, rows, step_rows, path_stem, command):
         f"    {command}",
         "",
     ]
+    if args.note:
+        lines += [f"Note on this run: {args.note}", ""]
     if os.path.exists(path_stem + ".png"):
         lines += [f"![time and memory against L]({os.path.basename(path_stem)}.png)", ""]
     lines += _table(rows, models, lengths, "inference_ms", "{:.1f}", "Inference: full_sort_predict of one batch (ms)") + [""]
@@ -358,6 +360,7 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per worker process")
+    parser.add_argument("--note", default="", help="a remark on the conditions of this run, printed in the report")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

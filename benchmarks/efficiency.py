@@ -24,6 +24,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -367,7 +368,7 @@ def main():
         return run_worker(args)
 
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/efficiency.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/efficiency.py " + shlex.join(sys.argv[1:])
     print(f"efficiency: {len(args.models)} models × {len(args.lengths)} lengths × {args.rounds} rounds on {args.device}")
     rows = collect(args)
     step_rows = None

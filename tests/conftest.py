@@ -12,6 +12,26 @@ if ROOT not in sys.path:
 
 TINY_DATASET = "tiny"
 
+# A seconds-long run: the settings every tiny test run shares (dict and command-line forms below)
+TINY_SETTINGS = {
+    "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+    "epochs": 1,
+    "hidden_size": 32,
+    "embedding_size": 32,
+    "inner_size": 64,
+    "n_layers": 1,
+    "n_heads": 2,
+    "MAX_ITEM_LIST_LENGTH": 20,
+    "train_batch_size": 64,
+    "eval_batch_size": 64,
+}
+
+
+def tiny_cmd_args(data_path, **extra):
+    """TINY_SETTINGS (plus ``extra``) as ``--key=value`` overrides for the command line."""
+    settings = dict(TINY_SETTINGS, data_path=data_path, **extra)
+    return [f"--{key}={value}" for key, value in settings.items()]
+
 
 def write_tiny_dataset(folder, n_users=40, n_items=30, min_len=6, max_len=14, seed=0):
     """``folder/tiny/tiny.inter``: random sequences with timestamps 0..n-1 per user."""
@@ -38,17 +58,8 @@ def tiny_data_path(tmp_path_factory):
 def tiny_run_dict(tiny_data_path, tmp_path):
     """Config dict for a seconds-long run on the tiny dataset, writing into tmp_path."""
     return {
+        **TINY_SETTINGS,
         "data_path": tiny_data_path,
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-        "epochs": 1,
-        "hidden_size": 32,
-        "embedding_size": 32,
-        "inner_size": 64,
-        "n_layers": 1,
-        "n_heads": 2,
-        "MAX_ITEM_LIST_LENGTH": 20,
-        "train_batch_size": 64,
-        "eval_batch_size": 64,
         "show_progress": False,
         "checkpoint_dir": str(tmp_path / "saved"),
         "log_wandb": False,

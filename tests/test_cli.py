@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, TINY_DATASET
+from tests.conftest import ROOT, TINY_DATASET, tiny_cmd_args
 
 SCRIPT = os.path.join(ROOT, "run_recbole_linear.py")
 
@@ -17,20 +17,7 @@ def run_cli(args, cwd, timeout=600):
 
 
 def tiny_args(data_path):
-    return [
-        f"--dataset={TINY_DATASET}",
-        f"--data_path={data_path}",
-        "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}",
-        "--epochs=1",
-        "--hidden_size=32",
-        "--embedding_size=32",
-        "--inner_size=64",
-        "--n_layers=1",
-        "--n_heads=2",
-        "--MAX_ITEM_LIST_LENGTH=20",
-        "--train_batch_size=64",
-        "--eval_batch_size=64",
-    ]
+    return [f"--dataset={TINY_DATASET}", *tiny_cmd_args(data_path)]
 
 
 @pytest.mark.parametrize("model", ["SASRec", "LRURec", "LinRec", "GLINTRU", "GLINT-RU"])

@@ -19,7 +19,7 @@ from scipy.stats import wilcoxon
 from recbole_linear import compare, report
 from recbole_linear.config import create_config
 from recbole_linear.errors import ConfigError
-from tests.conftest import TINY_DATASET
+from tests.conftest import TINY_DATASET, tiny_cmd_args
 
 SEEDS = (2020, 2021)
 MODELS = ("SASRec", "GRU4Rec")
@@ -28,21 +28,8 @@ SHARED_LR = 0.002  # the command line, for every model
 
 
 def tiny_overrides(data_path, checkpoint_dir):
-    return [
-        f"--data_path={data_path}",
-        "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}",
-        "--epochs=1",
-        "--hidden_size=32",
-        "--embedding_size=32",
-        "--inner_size=64",
-        "--n_layers=1",
-        "--n_heads=2",
-        "--MAX_ITEM_LIST_LENGTH=20",
-        "--train_batch_size=64",
-        "--eval_batch_size=64",
-        f"--checkpoint_dir={checkpoint_dir}",
-        "--metric_decimal_place=10",  # RecBole rounds metrics; keep enough digits for exact checks
-    ]
+    # metric_decimal_place: RecBole rounds metrics; keep enough digits for exact checks
+    return tiny_cmd_args(data_path, checkpoint_dir=checkpoint_dir, metric_decimal_place=10)
 
 
 def run_compare(argv, cwd):

@@ -134,11 +134,23 @@ def fit_exponent(lengths, times):
     return numerator / denominator
 
 
+def cpu_name():
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_description(device="cpu"):
     if device.startswith("cuda"):
         hardware = torch.cuda.get_device_name(0)
     else:
-        hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        hardware = f"{cpu_name()}, {os.cpu_count()} cores"
     return (
         f"{hardware}; Python {platform.python_version()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} torch threads"

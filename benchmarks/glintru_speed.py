@@ -34,17 +34,10 @@ from recbole.model.sequential_recommender.sasrec import SASRec  # noqa: E402
 
 from recbole_linear.model.glintru import GLINTRU  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import SyntheticDataset, cpu_name  # noqa: E402
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "glintru_speed.md")
-
-
-class _Dataset:
-    """What ``SequentialRecommender.__init__`` reads from a dataset: the number of items."""
-
-    def __init__(self, n_items):
-        self.n_items = n_items
-
-    def num(self, field):
-        return self.n_items
 
 
 class GLINTRUFullTail(GLINTRU):
@@ -83,7 +76,7 @@ def build(model_class, keys, n_items, max_len):
         "ITEM_LIST_LENGTH_FIELD": "item_length", "NEG_PREFIX": "neg_", "MAX_ITEM_LIST_LENGTH": max_len,
         "device": torch.device("cpu"), **keys,
     }
-    return model_class(config, _Dataset(n_items))
+    return model_class(config, SyntheticDataset(n_items))
 
 
 def make_batch(n_items, batch_size, max_len, generator):
@@ -141,17 +134,6 @@ def bench_length(max_len, args):
                   f"median {results[(name, mode)]:8.2f} ms (min {min(values):.2f}, max {max(values):.2f})", flush=True)
     parameters = {name: sum(p.numel() for p in model.parameters()) for name, (model, _) in models.items()}
     return results, parameters
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def write_table(all_results, all_parameters, args, command, load_before, load_after, seconds):

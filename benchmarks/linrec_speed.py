@@ -20,7 +20,6 @@ writes benchmarks/results/linrec_speed.md.
 """
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -37,6 +36,9 @@ from recbole.data.interaction import Interaction  # noqa: E402
 from recbole.model.sequential_recommender.sasrec import SASRec  # noqa: E402
 
 from recbole_linear.model.linrec import LinRec  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import SyntheticDataset, cpu_name, fit_exponent  # noqa: E402
 
 MODELS = ("SASRec", "LinRec", "LinRec-causal")
 MODES = ("inference", "train")
@@ -55,11 +57,6 @@ SHARED_CONFIG = {  # RecBole SASRec's default width/depth/heads, used for both m
 }
 
 
-class _Dataset:
-    def num(self, field):
-        return N_ITEMS
-
-
 def build(model_name, max_len):
     config = {
         "USER_ID_FIELD": "user_id",
@@ -75,7 +72,7 @@ def build(model_name, max_len):
         **SHARED_CONFIG,
     }
     model_class = SASRec if model_name == "SASRec" else LinRec
-    model = model_class(config, _Dataset())
+    model = model_class(config, SyntheticDataset(N_ITEMS))
     return model, torch.optim.Adam(model.parameters(), lr=1e-3)
 
 
@@ -138,24 +135,6 @@ def measure_peak_memory(model_name, seq_len, mode, args):
 # ---------------------------------------------------------------- report
 
 
-def fitted_exponent(lengths, seconds):
-    """Least-squares slope of log(time) against log(L)."""
-    xs, ys = [math.log(n) for n in lengths], [math.log(t) for t in seconds]
-    x_mean, y_mean = statistics.fmean(xs), statistics.fmean(ys)
-    return sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, ys)) / sum((x - x_mean) ** 2 for x in xs)
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def write_report(path, args, times, memory, load_before, load_after, wall_seconds):
     lengths = args.lengths
     lines = [
@@ -198,7 +177,7 @@ def write_report(path, args, times, memory, load_before, load_after, wall_second
         lines.append("")
     lines += ["## Growth of time with L (log-log least-squares exponent)", "", "| model | inference | train |", "|---|---:|---:|"]
     for m in MODELS:
-        exps = [fitted_exponent(lengths, [statistics.median(times[(m, n, mode)]) for n in lengths]) for mode in MODES]
+        exps = [fit_exponent(lengths, [statistics.median(times[(m, n, mode)]) for n in lengths]) for mode in MODES]
         lines.append(f"| {m} | {exps[0]:.2f} | {exps[1]:.2f} |")
     lines += [
         "",
@@ -219,7 +198,7 @@ def write_report(path, args, times, memory, load_before, load_after, wall_second
             targets.append(f"- peak memory at L=2000 ({mode}): LinRec/SASRec = {ratio:.3f} (target <= 0.5): {'met' if ratio <= 0.5 else 'NOT met'}")
     if len(lengths) >= 2:
         for mode in MODES:
-            exponent = fitted_exponent(lengths, [statistics.median(times[("LinRec", n, mode)]) for n in lengths])
+            exponent = fit_exponent(lengths, [statistics.median(times[("LinRec", n, mode)]) for n in lengths])
             verdict = "met" if exponent <= 1.15 else "NOT met"
             targets.append(f"- LinRec time growth ({mode}): exponent {exponent:.2f} (target: linear, <= 1.15): {verdict}")
     lines += ["## Targets", ""] + targets + [""]

@@ -31,6 +31,9 @@ from recbole.model.sequential_recommender.sasrec import SASRec  # noqa: E402
 from recbole_linear.model.lrurec import LRURec  # noqa: E402
 from tests.helpers import ITEM_SEQ, ITEM_SEQ_LEN, build_model, random_batch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402,F401  (anomaly mode off, as in training runs)
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "lrurec_speed.md")
 SASREC_CONFIG = dict(
     n_layers=2, n_heads=2, hidden_size=64, inner_size=256, hidden_dropout_prob=0.2, attn_dropout_prob=0.2,

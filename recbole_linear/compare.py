@@ -2,7 +2,7 @@
 
     python run_recbole_linear.py compare --models=LRURec,LinRec,GLINTRU,SASRec,GRU4Rec,BERT4Rec \\
         --dataset=ml-100k --seeds=2020,2021,2022 [--config_files="a.yaml b.yaml"] [--key=value ...] \\
-        [--model_config LRURec=best.yaml ...] [--output_dir results/ml-100k]
+        [--model_config LRURec=best.yaml ...] [--output_dir results/ml-100k] [--jobs 2]
 
 Each run (model, seed) is ``run_recbole_linear.py --model=M --seed=S`` with the shared config
 files and ``--key=value`` overrides plus that model's ``--model_config`` (a YAML of key: value,
@@ -25,6 +25,7 @@ changed gets a new id and runs again (older rows stay in ``runs.csv``; the summa
 runs of the current command).
 """
 import argparse
+import concurrent.futures
 import csv
 import hashlib
 import json
@@ -70,6 +71,12 @@ def build_parser():
         help="YAML of key: value for one model only, e.g. LRURec=best.yaml (repeatable)",
     )
     parser.add_argument("--output_dir", default=None, help="output folder (default: results/<dataset>)")
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="runs trained at the same time, each in its own process (default 1). With more than one, "
+        "each worker gets cpu_count/jobs torch threads unless OMP_NUM_THREADS is set; the time columns "
+        "are then measured under contention",
+    )
     return parser
 
 
@@ -222,19 +229,27 @@ def result_row(run, result, files, output_dir):
 
 
 # --- running ---------------------------------------------------------------------------------
-def _worker_env():
-    """The worker must import this very package, even when it is not installed."""
+def _worker_env(threads=None):
+    """The worker must import this very package, even when it is not installed; ``threads`` caps its
+    torch (OpenMP) threads so that parallel workers do not oversubscribe the cores."""
     env = dict(os.environ)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    if threads is not None and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(threads)
     return env
+
+
+def threads_per_worker(jobs):
+    """torch threads for each of ``jobs`` parallel workers (None: one worker, torch decides)."""
+    return None if jobs <= 1 else max(1, (os.cpu_count() or 1) // jobs)
 
 
 def worker_command(spec_file):
     return [sys.executable, "-m", "recbole_linear.compare_worker", spec_file]
 
 
-def execute(run, output_dir):
+def execute(run, output_dir, threads=None):
     """Run one (model, seed) in a fresh Python process; returns its result dict (never raises)."""
     if run.error:  # the model does not even resolve: nothing to start
         return {"status": "failed", "error": run.error}
@@ -255,7 +270,7 @@ def execute(run, output_dir):
         os.remove(result_file)
     with open(files["log_file"], "w", encoding="utf-8") as log:
         process = subprocess.run(
-            worker_command(spec_file), stdout=log, stderr=subprocess.STDOUT, env=_worker_env(),
+            worker_command(spec_file), stdout=log, stderr=subprocess.STDOUT, env=_worker_env(threads),
         )
     try:
         with open(result_file, "r", encoding="utf-8") as f:
@@ -290,13 +305,14 @@ def progress_line(index, total, run, result, seconds):
     return f"{head}  {shown}  {seconds:.1f}s"
 
 
-def run_comparison(runs, output_dir, dataset, models, seeds, out=print):
-    """Run what ``runs.csv`` lacks, keep it up to date after every run, write the summaries.
-
-    Returns the rows of this comparison (one per planned run).
+def run_comparison(runs, output_dir, dataset, models, seeds, out=print, jobs=1):
+    """Run what ``runs.csv`` lacks (``jobs`` at a time), keep it up to date after every run, write
+    the summaries. Returns the rows of this comparison (one per planned run, in plan order).
     """
     from recbole_linear.report import write_summary
 
+    if jobs < 1:
+        raise ConfigError(f"invalid value for '--jobs': {jobs} (expected a positive integer)")
     os.makedirs(output_dir, exist_ok=True)
     csv_path = os.path.join(output_dir, "runs.csv")
     rows = read_runs(csv_path)
@@ -304,18 +320,36 @@ def run_comparison(runs, output_dir, dataset, models, seeds, out=print):
     to_run = [run for run in runs if run.run_id not in done]
     out(
         f"compare: {len(models)} models × {len(seeds)} seeds = {len(runs)} runs on {dataset} -> {output_dir}/ "
-        f"({len(runs) - len(to_run)} done, skipped; {len(to_run)} to run)"
+        f"({len(runs) - len(to_run)} done, skipped; {len(to_run)} to run"
+        + (f", {jobs} at a time" if jobs > 1 else "") + ")"
     )
+    pending = []
     for index, run in enumerate(runs, start=1):
         if run.run_id in done:
             out(f"[{index}/{len(runs)}] {run.model} seed={run.seed}  skipped (done in runs.csv)")
-            continue
-        start = time.perf_counter()
-        result = execute(run, output_dir)
-        out(progress_line(index, len(runs), run, result, time.perf_counter() - start))
+        else:
+            pending.append((index, run))
+
+    def record(index, run, result, seconds):  # in the calling thread only: runs.csv has one writer
+        nonlocal rows
+        out(progress_line(index, len(runs), run, result, seconds))
         row = result_row(run, result, run.files(output_dir), output_dir)
         rows = [r for r in rows if r["run_id"] != run.run_id] + [row]
         write_runs(csv_path, rows)
+
+    def timed_execute(run):
+        start = time.perf_counter()
+        result = execute(run, output_dir, threads_per_worker(jobs))
+        return result, time.perf_counter() - start
+
+    if jobs == 1:
+        for index, run in pending:
+            record(index, run, *timed_execute(run))
+    else:  # each run is a subprocess: threads only wait on them
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(timed_execute, run): (index, run) for index, run in pending}
+            for future in concurrent.futures.as_completed(futures):
+                record(*futures[future], *future.result())
 
     by_id = {r["run_id"]: r for r in rows}
     plan_rows = [by_id[run.run_id] for run in runs]
@@ -337,7 +371,9 @@ def cli_main(argv):
     model_configs = parse_model_configs(args.model_config, models)
     runs = plan_runs(models, seeds, args.dataset, config_files, overrides, model_configs)
     output_dir = args.output_dir or os.path.join("results", args.dataset)
-    rows = run_comparison(runs, output_dir, args.dataset, models, seeds, out=lambda line: print(line, flush=True))
+    rows = run_comparison(
+        runs, output_dir, args.dataset, models, seeds, out=lambda line: print(line, flush=True), jobs=args.jobs,
+    )
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

@@ -107,6 +107,10 @@ def _non_negative_number(v):
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0
 
 
+def _bool(v):
+    return isinstance(v, bool)
+
+
 def _probability(v):
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < 1
 
@@ -126,6 +130,7 @@ _CHECKS = {
     "n_layers": (_positive_int, "a positive integer"),
     "n_heads": (_positive_int, "a positive integer"),
     "num_layers": (_positive_int, "a positive integer"),
+    "detect_anomaly": (_bool, "True or False"),
 }
 
 
@@ -180,6 +185,7 @@ class PluginConfig(Config):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
+        self.internal_config_dict.update(read_yaml(paths.overall_property_file()))
         dataset_file = paths.dataset_property_file(dataset)
         if os.path.isfile(dataset_file):
             dataset_defaults = read_yaml(dataset_file)

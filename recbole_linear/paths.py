@@ -19,6 +19,10 @@ def properties_dir():
     raise FileNotFoundError("recbole_linear: the properties/ folder is missing from this install")
 
 
+def overall_property_file():
+    return os.path.join(properties_dir(), "overall.yaml")
+
+
 def model_property_file(model_name):
     return os.path.join(properties_dir(), "model", f"{model_name}.yaml")
 

@@ -454,3 +454,38 @@ def test_recorder_shadows_batch_eval_on_the_instance_only():
     PerUserNDCG(create_config("SASRec", TINY_DATASET)).attach(trainer)
     assert trainer._full_sort_batch_eval.__name__ == "recording_batch_eval"
     assert trainer_class._full_sort_batch_eval.__name__ == "_full_sort_batch_eval"
+
+
+def test_parallel_jobs_overlap_and_keep_plan_order(tmp_path, monkeypatch):
+    """--jobs 2: two workers at once (their lifetimes overlap), runs.csv written by one thread, rows in plan order."""
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    sleeper = (
+        "import json, os, sys, time; spec = json.load(open(sys.argv[1])); start = time.time(); time.sleep(1.5); "
+        f"open(os.path.join({str(stamps)!r}, spec['run_id']), 'w').write(f'{{start}} {{time.time()}} "
+        "{os.environ.get(\"OMP_NUM_THREADS\")}'); sys.exit(3)"
+    )
+    monkeypatch.setattr(compare, "worker_command", lambda spec_file: [sys.executable, "-c", sleeper, spec_file])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    runs = compare.plan_runs(["SASRec", "GRU4Rec"], [1, 2], TINY_DATASET, None, [], {})
+    lines = []
+    rows = compare.run_comparison(
+        runs, str(tmp_path / "out"), TINY_DATASET, ["SASRec", "GRU4Rec"], [1, 2], lines.append, jobs=2,
+    )
+    assert [(r["model"], r["seed"]) for r in rows] == [(run.model, run.seed) for run in runs]
+    assert all(r["error"].startswith("worker exited with status 3") for r in rows)
+    assert "4 to run, 2 at a time" in lines[0]
+    assert len(read_csv(tmp_path / "out" / "runs.csv")) == 4
+    intervals = {}
+    for path in stamps.iterdir():
+        start, end, threads = path.read_text().split()
+        intervals[path.name] = (float(start), float(end))
+        assert threads == "2"  # 4 cores / 2 jobs
+    first, second = intervals[runs[0].run_id], intervals[runs[1].run_id]
+    assert first[0] < second[1] and second[0] < first[1]  # the first two runs were alive together
+
+
+def test_jobs_must_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match="--jobs"):
+        compare.run_comparison([], str(tmp_path), TINY_DATASET, [], [], lambda line: None, jobs=0)

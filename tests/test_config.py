@@ -85,6 +85,7 @@ def test_cmd_values_are_typed():
         ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
         ({"epochs": "many"}, "epochs"),
         ({"topk": [0]}, "topk"),
+        ({"detect_anomaly": "yes"}, "detect_anomaly"),
     ],
 )
 def test_invalid_values_raise_one_line_config_error(override, message):

@@ -24,7 +24,10 @@ from recbole_linear.config import load_model_properties, read_yaml  # noqa: E402
 from recbole_linear.registry import get_model  # noqa: E402
 
 # Importing RecBole's models switches torch's anomaly mode on for the process (its SINE module);
-# runs turn it off (the ``detect_anomaly`` key, default False), and so do the benchmarks.
+# runs turn it off (the ``detect_anomaly`` key, default False), and so do the benchmarks: import
+# RecBole's models now, so that no later lazy import (``get_model``) turns it back on.
+import recbole.model.sequential_recommender  # noqa: E402,F401
+
 torch.autograd.set_detect_anomaly(False)
 
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")

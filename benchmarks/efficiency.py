@@ -135,6 +135,8 @@ def measure_step(history_lengths, batch_size, repeats, device):
 
 def run_worker(args):
     torch.set_num_threads(args.threads)
+    if torch.is_anomaly_enabled():  # common.py turns it off; training runs have it off by default
+        raise RuntimeError("torch anomaly mode is on: timings would not be those of a training run")
     if args.worker == "step":
         result = measure_step(args.lengths, args.batch_size, args.repeats, args.device)
     else:
@@ -265,7 +267,9 @@ def write_report(args, rows, step_rows, path_stem, command):
         f"Machine: {machine_description(args.device)}.",
         f"Synthetic full-length histories, batch {args.batch_size}, {N_ITEMS:,} items, width {WIDTH}; "
         f"each (model, L) in its own process, {args.rounds} round(s) × {args.repeats} timed repetitions "
-        "after a warm-up, processes interleaved across models; medians.",
+        "after a warm-up, processes interleaved across models; medians. torch autograd anomaly mode "
+        f"{'on' if torch.is_anomaly_enabled() else 'off'} (RecBole's import turns it on; training runs "
+        "turn it off, see `detect_anomaly`).",
         "",
         "Configs (everything else from each model's property file): "
         + "; ".join(f"{m}: " + ", ".join(f"{k}={v}" for k, v in OVERRIDES[m].items()) for m in models)
@@ -320,6 +324,17 @@ def write_report(args, rows, step_rows, path_stem, command):
         f.write("\n".join(lines) + "\n")
 
 
+def read_rows(csv_path):
+    """The rows of a written efficiency CSV, numbers as floats (L as int)."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["L"] = int(row["L"])
+        for key in ("inference_ms", "train_ms", "inference_mem_mb", "train_mem_mb", "peak_rss_mb"):
+            row[key] = float(row[key]) if row.get(key) else None
+    return rows
+
+
 def plot(rows, models, lengths, path):
     try:
         import matplotlib
@@ -362,10 +377,21 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per worker process")
     parser.add_argument("--note", default="", help="a remark on the conditions of this run, printed in the report")
+    parser.add_argument(
+        "--replot", action="store_true", help="only redraw the PNG from the existing efficiency-<device>.csv",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return run_worker(args)
+    stem = os.path.join(RESULTS_DIR, f"efficiency-{args.device.split(':')[0]}")
+    if args.replot:
+        rows = read_rows(stem + ".csv")
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        lengths = sorted({r["L"] for r in rows})
+        if plot(rows, models, lengths, stem + ".png"):
+            print(f"wrote {stem}.png")
+        return
 
     torch.set_num_threads(args.threads)
     command = "python benchmarks/efficiency.py " + shlex.join(sys.argv[1:])
@@ -378,8 +404,8 @@ def main():
         if error:
             print(f"  LRURec step(): FAILED: {error}")
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    stem = os.path.join(RESULTS_DIR, f"efficiency-{args.device.split(':')[0]}")
-    plot(rows, args.models, args.lengths, stem + ".png")
+    if not plot(rows, args.models, args.lengths, stem + ".png") and os.path.exists(stem + ".png"):
+        os.remove(stem + ".png")  # a plot of an earlier run must not sit beside this run's tables
     write_report(args, rows, step_rows, stem, command.strip())
     print(f"wrote {stem}.md, {stem}.csv" + (f", {stem}.png" if os.path.exists(stem + ".png") else ""))
 

@@ -342,14 +342,11 @@ def run_comparison(runs, output_dir, dataset, models, seeds, out=print, jobs=1):
         result = execute(run, output_dir, threads_per_worker(jobs))
         return result, time.perf_counter() - start
 
-    if jobs == 1:
-        for index, run in pending:
-            record(index, run, *timed_execute(run))
-    else:  # each run is a subprocess: threads only wait on them
-        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(timed_execute, run): (index, run) for index, run in pending}
-            for future in concurrent.futures.as_completed(futures):
-                record(*futures[future], *future.result())
+    # each run is a subprocess: the pool's threads only wait on them (one thread: plan order)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(timed_execute, run): (index, run) for index, run in pending}
+        for future in concurrent.futures.as_completed(futures):
+            record(*futures[future], *future.result())
 
     by_id = {r["run_id"]: r for r in rows}
     plan_rows = [by_id[run.run_id] for run in runs]

@@ -3,6 +3,7 @@
     python run_recbole_linear.py --model=LRURec --dataset=ml-100k --config_files="a.yaml" --epochs=10
     python run_recbole_linear.py tune --help
     python run_recbole_linear.py compare --help
+    python run_recbole_linear.py evaluate --help
 """
 import sys
 

@@ -3,6 +3,7 @@
     python run_recbole_linear.py --model=LRURec --dataset=ml-100k --config_files="a.yaml b.yaml" --epochs=10
     python run_recbole_linear.py tune --model=LRURec --params_file=properties/hyper/LRURec.hyper ...
     python run_recbole_linear.py compare --models=LRURec,SASRec --seeds=2020,2021 ...
+    python run_recbole_linear.py evaluate --checkpoint=saved/LRURec-....pth --eval_mask_history=True
 
 Every ``--key=value`` the parser does not know goes to the RecBole config (highest precedence).
 Bad input (unknown model or dataset, unreadable config file, invalid values) ends with one line on
@@ -17,7 +18,11 @@ from recbole_linear.errors import RecBoleLinearError
 
 PROG = "run_recbole_linear.py"
 # subcommand -> module exposing cli_main(argv) -> int
-SUBCOMMANDS = {"tune": "recbole_linear.tune", "compare": "recbole_linear.compare"}
+SUBCOMMANDS = {
+    "tune": "recbole_linear.tune",
+    "compare": "recbole_linear.compare",
+    "evaluate": "recbole_linear.evaluate",
+}
 
 
 def common_parser(prog, description):

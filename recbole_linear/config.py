@@ -131,6 +131,7 @@ _CHECKS = {
     "n_heads": (_positive_int, "a positive integer"),
     "num_layers": (_positive_int, "a positive integer"),
     "detect_anomaly": (_bool, "True or False"),
+    "eval_mask_history": (_bool, "True or False"),
 }
 
 
@@ -143,6 +144,23 @@ def validate(config):
     for key, value in config.final_config_dict.items():
         if "dropout" in key and isinstance(value, (numbers.Real, str)) and not _probability(value):
             raise ConfigError(f"invalid value for '{key}': {value!r} (expected a probability in [0, 1))")
+
+
+def override_config(config, cmd_args, allowed):
+    """Apply ``--key=value`` overrides to a built config (e.g. one loaded from a checkpoint); only
+    the keys in ``allowed`` may change, the values are converted as RecBole's command line does."""
+    values = parse_cmd_args(cmd_args)
+    refused = sorted(set(values) - set(allowed))
+    if refused:
+        raise ConfigError(
+            f"'--{refused[0]}' cannot be changed here (allowed: {', '.join('--' + k for k in allowed)})"
+        )
+    try:
+        config.final_config_dict.update(config._convert_config_dict(values))
+    except (ValueError, SyntaxError) as e:
+        raise ConfigError(f"invalid override: {e}") from e
+    validate(config)
+    return config
 
 
 class PluginConfig(Config):

@@ -17,7 +17,7 @@ from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, get_local_time, init_logger, init_seed, set_color
 
 import recbole_linear  # noqa: F401  (registers the plugin models, also in spawned children)
-from recbole_linear.config import create_config
+from recbole_linear.config import create_config, override_config
 from recbole_linear.errors import DatasetNotFoundError
 from recbole_linear.registry import get_model
 from recbole_linear.trainer import get_trainer, load_checkpoint
@@ -198,10 +198,18 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     return _result(config, model, trainer, best_valid_score, best_valid_result, test_result, saved)
 
 
-def load_data_and_model(model_file):
-    """Config, model (with the saved weights), dataset and dataloaders from a checkpoint file."""
+# what may change when a saved model is loaded again: how it is evaluated, not what it learned from
+EVALUATION_OVERRIDES = ("eval_mask_history", "eval_batch_size", "data_path")
+
+
+def load_data_and_model(model_file, cmd_args=None):
+    """Config, model (with the saved weights), dataset and dataloaders from a checkpoint file.
+
+    ``cmd_args``: ``--key=value`` overrides of the run's config, limited to
+    :data:`EVALUATION_OVERRIDES` (e.g. ``--eval_mask_history=True``).
+    """
     checkpoint = load_checkpoint(model_file)
-    config = checkpoint["config"]
+    config = override_config(checkpoint["config"], cmd_args, EVALUATION_OVERRIDES)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -215,3 +223,19 @@ def load_data_and_model(model_file):
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data
+
+
+def evaluate_checkpoint(model_file, cmd_args=None):
+    """Evaluate a saved model again on its run's validation and test sets, through RecBole's
+    trainer and evaluator, with evaluation ``cmd_args`` (see :func:`load_data_and_model`).
+
+    Returns ``(config, valid_result, test_result)``; with no overrides the test result is the one
+    the run reported.
+    """
+    config, model, _, _, valid_data, test_data = load_data_and_model(model_file, cmd_args)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    valid_result = trainer.evaluate(valid_data, load_best_model=False, show_progress=config["show_progress"])
+    test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
+    getLogger().info(set_color("valid result", "yellow") + f": {valid_result}")
+    getLogger().info(set_color("test result", "yellow") + f": {test_result}")
+    return config, dict(valid_result), dict(test_result)

@@ -11,13 +11,19 @@ It also:
   (LRURec's official no-decay rule for biases and LayerNorms), with ``optimizer_eps`` when set;
 - under DDP, names the checkpoint once (``saved_model_file`` from the config, shared by all ranks)
   and waits for rank 0 to finish writing it before any rank reads it;
-- records each epoch's training time in ``epoch_train_seconds``.
+- records each epoch's training time in ``epoch_train_seconds``;
+- with ``eval_mask_history: True``, ranks a sequential model's full-sort scores without the items of
+  each user's input window, the official LRURec evaluation protocol (RecBole masks only id 0 for
+  sequential models; for other models it already masks the user's whole history).
 """
 import os
 from time import time
 
 import torch
+from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.utils import get_trainer as recbole_get_trainer
+
+from recbole_linear.errors import ConfigError
 
 _CLASS_CACHE = {}
 
@@ -27,9 +33,25 @@ def load_checkpoint(path, map_location=None):
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
+def mask_input_window(scores, item_seq):
+    """Set ``scores[u, i] = -inf`` for every item ``i`` in row ``u`` of ``item_seq`` (in place).
+
+    ``item_seq`` is the padded input window RecBole feeds the model (``[users, max_len]``, padding
+    id 0), so the padding item is masked too, as RecBole's own evaluation does. The official
+    LRURec trainer (``trainer/lru.py``) does the same with -1e9 before ranking.
+    """
+    return scores.scatter_(1, item_seq.to(scores.device), float("-inf"))
+
+
 class PluginTrainerMixin:
     def __init__(self, config, model):
         super().__init__(config, model)
+        self.mask_history = bool(config["eval_mask_history"])
+        if self.mask_history and not hasattr(model, "ITEM_SEQ"):
+            raise ConfigError(
+                f"eval_mask_history applies to sequential models; {type(model).__name__} is not one "
+                "(RecBole already excludes the whole history of general models)"
+            )
         if config["saved_model_file"]:
             self.saved_model_file = config["saved_model_file"]
             checkpoint_dir = os.path.dirname(self.saved_model_file)
@@ -59,10 +81,18 @@ class PluginTrainerMixin:
         if not self.config["single_spec"] and torch.distributed.is_initialized():
             torch.distributed.barrier()
 
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self.mask_history:
+            mask_input_window(scores, interaction[self.model.ITEM_SEQ])
+        return interaction, scores, positive_u, positive_i
+
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if not eval_data:
             return None
+        if self.mask_history and not isinstance(eval_data, FullSortEvalDataLoader):
+            raise ConfigError("eval_mask_history needs full-ranking evaluation (eval_args: {mode: full})")
         if load_best_model:
             checkpoint_file = model_file or self.saved_model_file
             self._wait_for_checkpoint()

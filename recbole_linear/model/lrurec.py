@@ -51,8 +51,10 @@ class LRURec(SequentialRecommender):
            power of two; it is causal, so real positions equal the recurrence from a zero
            state at the first item, as officially (the official mask gate is not needed).
            Columns after the longest sequence in the batch are cut before the scan.
-        5. Evaluation does not mask the user's history items (RecBole's full-sort protocol for
-           sequential models); the official evaluation sets them (and id 0) to -1e9.
+        5. Evaluation does not mask the user's history items by default (RecBole's full-sort
+           protocol for sequential models); the official evaluation sets the items of the input
+           window (and id 0) to -1e9. ``eval_mask_history: True`` (the plugin's trainer, any
+           model) ranks them out as officially.
         6. The optimizer: the official no-decay rule (no weight decay on names containing
            ``bias`` or ``layer_norm``) comes from :meth:`optimizer_param_groups` and the official
            AdamW eps 1e-9 from ``optimizer_eps``; both need the plugin's Trainer (RecBole's own

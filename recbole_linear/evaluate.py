@@ -1,0 +1,115 @@
+"""``run_recbole_linear.py evaluate``: test saved models again, under other evaluation settings.
+
+    python run_recbole_linear.py evaluate --checkpoint=saved/LRURec-Nov-23-2026_17-00-00.pth --eval_mask_history=True
+    python run_recbole_linear.py evaluate --runs=results/video-lru --eval_mask_history=True
+
+Each checkpoint is loaded with its run's own config (dataset, split, metrics, seed), the
+``--key=value`` overrides are applied on top (only evaluation settings: ``eval_mask_history``,
+``eval_batch_size``, ``data_path``), and the model is evaluated on the validation and test sets
+through RecBole's trainer and evaluator. With no overrides it reproduces the run's test metrics.
+
+``--runs DIR`` takes every finished run of a ``compare`` folder (``DIR/runs.csv``). One row per
+checkpoint and settings goes to ``--output`` (default ``DIR/evaluate.csv`` with ``--runs``, else
+``evaluate.csv``); a row with the same checkpoint and settings is replaced, others are kept.
+"""
+import csv
+import os
+import sys
+import time
+
+from recbole_linear.cli import PROG, parse_known
+from recbole_linear.compare import read_runs
+from recbole_linear.config import parse_cmd_args
+from recbole_linear.errors import ConfigError, RecBoleLinearError
+
+_FIRST_COLUMNS = ["checkpoint", "settings", "run_id", "model", "dataset", "seed"]
+
+
+def build_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} evaluate",
+        description="Evaluate saved models again (validation and test) with their runs' configs; any "
+        "--key=value changes an evaluation setting: eval_mask_history, eval_batch_size, data_path.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--checkpoint", action="append", default=[], help="a saved model (.pth); repeatable")
+    parser.add_argument("--runs", default=None, help="a compare output folder: evaluate every finished run in its runs.csv")
+    parser.add_argument("--output", default=None, help="CSV to write (default: <runs>/evaluate.csv, else evaluate.csv)")
+    return parser
+
+
+def settings_label(cmd_args):
+    """The overrides as one sorted, readable cell: 'eval_mask_history=True' ('' for none)."""
+    return "; ".join(f"{k}={v}" for k, v in sorted(parse_cmd_args(cmd_args).items()))
+
+
+def targets_from(checkpoints, runs_dir):
+    """[(checkpoint, run row or {})]: the named checkpoints, then the finished runs of ``runs_dir``."""
+    targets = [(path, {}) for path in checkpoints]
+    if runs_dir is not None:
+        csv_path = os.path.join(runs_dir, "runs.csv")
+        if not os.path.isfile(csv_path):
+            raise ConfigError(f"--runs: no runs.csv in '{runs_dir}'")
+        targets += [(row["checkpoint"], row) for row in read_runs(csv_path) if row.get("status") == "ok"]
+    if not targets:
+        raise ConfigError("nothing to evaluate: give --checkpoint=FILE or --runs=DIR")
+    for path, _ in targets:
+        if not path or not os.path.isfile(path):
+            raise ConfigError(f"checkpoint '{path}' not found")
+    return targets
+
+
+def write_rows(path, rows):
+    columns = _FIRST_COLUMNS + list(dict.fromkeys(k for row in rows for k in row if k not in _FIRST_COLUMNS))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = path + ".tmp"
+    with open(temporary, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, path)
+
+
+def evaluate_all(targets, cmd_args, output, out=print):
+    """Evaluate each (checkpoint, run row) with ``cmd_args``; keep ``output`` up to date; return the new rows."""
+    from recbole_linear.quick_start import evaluate_checkpoint
+
+    settings = settings_label(cmd_args)
+    rows = read_runs(output)
+    new_rows = []
+    for index, (checkpoint, run) in enumerate(targets, start=1):
+        start = time.perf_counter()
+        config, valid_result, test_result = evaluate_checkpoint(checkpoint, cmd_args)
+        row = {
+            "checkpoint": checkpoint, "settings": settings, "run_id": run.get("run_id", ""),
+            "model": config["model"], "dataset": config["dataset"], "seed": config["seed"],
+            **{f"valid_{k}": v for k, v in valid_result.items()},
+            **{f"test_{k}": v for k, v in test_result.items()},
+            "evaluated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        rows = [r for r in rows if (r["checkpoint"], r["settings"]) != (checkpoint, settings)] + [row]
+        write_rows(output, rows)
+        new_rows.append(row)
+        shown = "  ".join(f"test {k}={v:.4f}" for k, v in list(test_result.items())[:2])
+        out(f"[{index}/{len(targets)}] {config['model']} {run.get('run_id') or checkpoint}  {shown}  "
+            f"{time.perf_counter() - start:.1f}s")
+    out(f"evaluate: {len(new_rows)} checkpoints ({settings or 'the runs’ own settings'}) -> {output}")
+    return new_rows
+
+
+def cli_main(argv):
+    args, cmd_args = parse_known(build_parser(), argv)
+    targets = targets_from(args.checkpoint, args.runs)
+    output = args.output or (os.path.join(args.runs, "evaluate.csv") if args.runs else "evaluate.csv")
+    evaluate_all(targets, cmd_args, output, out=lambda line: print(line, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(cli_main(sys.argv[1:]))
+    except RecBoleLinearError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        sys.exit(2)

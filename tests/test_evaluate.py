@@ -1,0 +1,152 @@
+"""Evaluating saved models again: ``eval_mask_history`` (the official LRURec protocol) and the
+``evaluate`` command, checked against a plain per-user ranking loop."""
+import csv
+import math
+
+import pytest
+import torch
+
+from recbole_linear import create_config, load_data_and_model, run_recbole_linear
+from recbole_linear.cli import main
+from recbole_linear.errors import ConfigError
+from recbole_linear.quick_start import evaluate_checkpoint
+from recbole_linear.trainer import get_trainer, mask_input_window
+from tests.conftest import TINY_DATASET
+
+K = 10
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # RecBole writes log/ and log_tensorboard/ into the cwd
+
+
+def test_mask_input_window_masks_exactly_the_window_and_padding():
+    scores = torch.arange(24, dtype=torch.float).view(3, 8)
+    item_seq = torch.tensor([[1, 2, 0, 0], [3, 3, 7, 0], [5, 0, 0, 0]])
+    expected = scores.clone()
+    for row, items in enumerate(([0, 1, 2], [0, 3, 7], [0, 5])):
+        expected[row, items] = float("-inf")
+    assert torch.equal(mask_input_window(scores, item_seq), expected)
+    assert torch.equal(scores, expected)  # in place, as RecBole's own masking of id 0
+
+
+@pytest.fixture(scope="module")
+def saved_lrurec(tiny_data_path, tmp_path_factory):
+    """A 1-epoch LRURec on the tiny data; its checkpoint and reported test metrics."""
+    folder = tmp_path_factory.mktemp("evaluate")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # RecBole writes log/ and log_tensorboard/ into the cwd
+        from tests.conftest import TINY_SETTINGS
+
+        config_dict = {
+            **TINY_SETTINGS, "data_path": tiny_data_path, "show_progress": False,
+            "checkpoint_dir": str(folder / "saved"), "log_wandb": False,
+        }
+        result = run_recbole_linear("LRURec", TINY_DATASET, config_dict=config_dict)
+    return result
+
+
+def reference_test_metrics(model_file, mask_window):
+    """Recall@10 and NDCG@10 from a plain loop: score every item, rank each user's target."""
+    config, model, _, _, _, test_data = load_data_and_model(model_file)
+    model.eval()
+    recall, ndcg = [], []
+    with torch.no_grad():
+        for interaction, _, positive_u, positive_i in test_data:
+            scores = model.full_sort_predict(interaction)
+            for row in range(scores.shape[0]):
+                row_scores = scores[row].clone()
+                row_scores[0] = -math.inf
+                if mask_window:
+                    for item in interaction[model.ITEM_SEQ][row].tolist():
+                        row_scores[item] = -math.inf
+                targets = positive_i[positive_u == row].tolist()
+                assert len(targets) == 1  # leave-one-out: one test item per user
+                rank = int((row_scores > row_scores[targets[0]]).sum())
+                recall.append(1.0 if rank < K else 0.0)
+                ndcg.append(1.0 / math.log2(rank + 2) if rank < K else 0.0)
+    return {"recall@10": sum(recall) / len(recall), "ndcg@10": sum(ndcg) / len(ndcg)}
+
+
+def assert_rounded_equal(recbole_result, reference):
+    for key, value in reference.items():  # RecBole rounds to metric_decimal_place (4)
+        assert abs(float(recbole_result[key]) - value) <= 0.5e-4 + 1e-9, (key, recbole_result[key], value)
+
+
+def test_reevaluation_without_overrides_reproduces_the_run(saved_lrurec):
+    _, _, test_result = evaluate_checkpoint(saved_lrurec["saved_model_file"])
+    assert test_result == dict(saved_lrurec["test_result"])
+    assert_rounded_equal(test_result, reference_test_metrics(saved_lrurec["saved_model_file"], mask_window=False))
+
+
+def test_masked_history_matches_the_plain_loop_and_changes_the_numbers(saved_lrurec):
+    model_file = saved_lrurec["saved_model_file"]
+    config, _, masked = evaluate_checkpoint(model_file, ["--eval_mask_history=True"])
+    assert config["eval_mask_history"] is True
+    reference = reference_test_metrics(model_file, mask_window=True)
+    assert_rounded_equal(masked, reference)
+    # the tiny data repeats items within a window, so ranking them out must move the metrics
+    assert reference != reference_test_metrics(model_file, mask_window=False)
+
+
+def test_evaluate_command_writes_one_row_per_checkpoint_and_setting(saved_lrurec, tmp_path, capsys):
+    model_file = saved_lrurec["saved_model_file"]
+    runs_dir = tmp_path / "cmp"
+    runs_dir.mkdir()
+    with open(runs_dir / "runs.csv", "w", newline="") as f:  # a compare folder with one finished run
+        writer = csv.DictWriter(f, fieldnames=["run_id", "status", "checkpoint"])
+        writer.writeheader()
+        writer.writerow({"run_id": "LRURec-seed2020-abc", "status": "ok", "checkpoint": model_file})
+        writer.writerow({"run_id": "SASRec-seed2020-abc", "status": "failed", "checkpoint": ""})
+
+    assert main(["evaluate", f"--runs={runs_dir}", "--eval_mask_history=True"]) == 0
+    assert main(["evaluate", f"--runs={runs_dir}", "--eval_mask_history=True"]) == 0  # replaces its row
+    assert main(["evaluate", f"--runs={runs_dir}"]) == 0
+    with open(runs_dir / "evaluate.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["run_id"], r["settings"]) for r in rows] == [
+        ("LRURec-seed2020-abc", "eval_mask_history=True"), ("LRURec-seed2020-abc", ""),
+    ]
+    assert_rounded_equal(
+        {k[len("test_"):]: v for k, v in rows[0].items() if k.startswith("test_")},
+        reference_test_metrics(model_file, mask_window=True),
+    )
+    assert float(rows[1]["test_ndcg@10"]) == saved_lrurec["test_result"]["ndcg@10"]
+    assert "[1/1] LRURec LRURec-seed2020-abc  test recall@10=" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs=3"], "'--epochs' cannot be changed here"),
+        (["--eval_mask_history=3"], "invalid value for 'eval_mask_history'"),
+    ],
+)
+def test_evaluate_refuses_training_settings_and_bad_values(saved_lrurec, args, message, tmp_path, capsys):
+    output = tmp_path / "out.csv"
+    status = main(["evaluate", f"--checkpoint={saved_lrurec['saved_model_file']}", f"--output={output}", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and message in err[0]
+    assert not output.exists()
+
+
+def test_evaluate_needs_something_to_evaluate(capsys):
+    assert main(["evaluate"]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint=no/such/file.pth"]) == 2
+    assert "checkpoint 'no/such/file.pth' not found" in capsys.readouterr().err
+
+
+def test_mask_history_is_a_checked_bool(tiny_data_path):
+    with pytest.raises(ConfigError, match="eval_mask_history"):
+        create_config("LRURec", TINY_DATASET, config_dict={"data_path": tiny_data_path, "eval_mask_history": "yes"})
+    config = create_config("LRURec", TINY_DATASET, config_dict={"data_path": tiny_data_path})
+    assert config["eval_mask_history"] is False  # RecBole's protocol unless asked
+
+
+def test_mask_history_refuses_sampled_evaluation(saved_lrurec):
+    config, model, *_ = load_data_and_model(saved_lrurec["saved_model_file"], ["--eval_mask_history=True"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    with pytest.raises(ConfigError, match="needs full-ranking evaluation"):
+        trainer.evaluate(["a sampled evaluation"], load_best_model=False)

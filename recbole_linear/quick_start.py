@@ -210,6 +210,9 @@ def load_data_and_model(model_file, cmd_args=None):
     """
     checkpoint = load_checkpoint(model_file)
     config = override_config(checkpoint["config"], cmd_args, EVALUATION_OVERRIDES)
+    # RecBole's metrics use numpy aliases (np.float...) that only its Config constructor restores;
+    # an unpickled config never ran it, so a fresh process would fail at the first NDCG
+    config.compatibility_settings()
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()

@@ -2,6 +2,9 @@
 ``evaluate`` command, checked against a plain per-user ranking loop."""
 import csv
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from recbole_linear.cli import main
 from recbole_linear.errors import ConfigError
 from recbole_linear.quick_start import evaluate_checkpoint
 from recbole_linear.trainer import get_trainer, mask_input_window
-from tests.conftest import TINY_DATASET
+from tests.conftest import ROOT, TINY_DATASET
 
 K = 10
 
@@ -150,3 +153,18 @@ def test_mask_history_refuses_sampled_evaluation(saved_lrurec):
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     with pytest.raises(ConfigError, match="needs full-ranking evaluation"):
         trainer.evaluate(["a sampled evaluation"], load_best_model=False)
+
+
+def test_evaluate_in_a_fresh_process(saved_lrurec, tmp_path):
+    """Nothing in a new process has built a RecBole Config (which restores numpy's old aliases
+    that RecBole's metrics use): loading a checkpoint must still evaluate."""
+    output = tmp_path / "fresh.csv"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run_recbole_linear.py"), "evaluate",
+         f"--checkpoint={saved_lrurec['saved_model_file']}", f"--output={output}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    with open(output, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["test_ndcg@10"]) == saved_lrurec["test_result"]["ndcg@10"]

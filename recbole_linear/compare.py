@@ -199,7 +199,12 @@ def write_runs(path, rows):
         for row in rows:
             metric_columns += [k for k in row if k.startswith(prefix) and k not in metric_columns]
     other = [k for row in rows for k in row if k not in _FIRST_COLUMNS + _LAST_COLUMNS + metric_columns]
-    columns = _FIRST_COLUMNS + metric_columns + _LAST_COLUMNS + list(dict.fromkeys(other))
+    write_csv(path, rows, _FIRST_COLUMNS + metric_columns + _LAST_COLUMNS + list(dict.fromkeys(other)))
+
+
+def write_csv(path, rows, columns):
+    """Replace ``path`` with ``rows`` under ``columns`` in one step (a reader never sees half a file)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     temporary = path + ".tmp"
     with open(temporary, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")

@@ -12,13 +12,12 @@ through RecBole's trainer and evaluator. With no overrides it reproduces the run
 checkpoint and settings goes to ``--output`` (default ``DIR/evaluate.csv`` with ``--runs``, else
 ``evaluate.csv``); a row with the same checkpoint and settings is replaced, others are kept.
 """
-import csv
 import os
 import sys
 import time
 
 from recbole_linear.cli import PROG, parse_known
-from recbole_linear.compare import read_runs
+from recbole_linear.compare import read_runs, write_csv
 from recbole_linear.config import parse_cmd_args
 from recbole_linear.errors import ConfigError, RecBoleLinearError
 
@@ -62,14 +61,7 @@ def targets_from(checkpoints, runs_dir):
 
 
 def write_rows(path, rows):
-    columns = _FIRST_COLUMNS + list(dict.fromkeys(k for row in rows for k in row if k not in _FIRST_COLUMNS))
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(temporary, path)
+    write_csv(path, rows, _FIRST_COLUMNS + list(dict.fromkeys(k for row in rows for k in row if k not in _FIRST_COLUMNS)))
 
 
 def evaluate_all(targets, cmd_args, output, out=print):

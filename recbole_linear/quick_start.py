@@ -18,7 +18,7 @@ from recbole.utils import get_environment, get_flops, get_local_time, init_logge
 
 import recbole_linear  # noqa: F401  (registers the plugin models, also in spawned children)
 from recbole_linear.config import create_config, override_config
-from recbole_linear.errors import DatasetNotFoundError
+from recbole_linear.errors import ConfigError, DatasetNotFoundError
 from recbole_linear.registry import get_model
 from recbole_linear.trainer import get_trainer, load_checkpoint
 
@@ -198,6 +198,18 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     return _result(config, model, trainer, best_valid_score, best_valid_result, test_result, saved)
 
 
+def read_recbole_checkpoint(model_file):
+    """A checkpoint a RecBole run saved; ConfigError (one line) for anything else."""
+    try:
+        checkpoint = load_checkpoint(model_file, map_location="cpu")
+    except Exception as e:  # torch raises many types for a file that is not a checkpoint
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"cannot read checkpoint '{model_file}': {reason}") from e
+    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
+        raise ConfigError(f"'{model_file}' is not a checkpoint saved by a RecBole run (no config and state_dict)")
+    return checkpoint
+
+
 # what may change when a saved model is loaded again: how it is evaluated, not what it learned from
 EVALUATION_OVERRIDES = ("eval_mask_history", "eval_batch_size", "data_path")
 
@@ -208,7 +220,7 @@ def load_data_and_model(model_file, cmd_args=None):
     ``cmd_args``: ``--key=value`` overrides of the run's config, limited to
     :data:`EVALUATION_OVERRIDES` (e.g. ``--eval_mask_history=True``).
     """
-    checkpoint = load_checkpoint(model_file)
+    checkpoint = read_recbole_checkpoint(model_file)
     config = override_config(checkpoint["config"], cmd_args, EVALUATION_OVERRIDES)
     # RecBole's metrics use numpy aliases (np.float...) that only its Config constructor restores;
     # an unpickled config never ran it, so a fresh process would fail at the first NDCG

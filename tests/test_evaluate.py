@@ -141,6 +141,17 @@ def test_evaluate_needs_something_to_evaluate(capsys):
     assert "checkpoint 'no/such/file.pth' not found" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_files_that_are_not_checkpoints(tmp_path, capsys):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    other = tmp_path / "tensor.pth"
+    torch.save({"weights": torch.zeros(2)}, other)
+    for path, message in ((garbage, "cannot read checkpoint"), (other, "is not a checkpoint saved by a RecBole run")):
+        assert main(["evaluate", f"--checkpoint={path}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
 def test_mask_history_is_a_checked_bool(tiny_data_path):
     with pytest.raises(ConfigError, match="eval_mask_history"):
         create_config("LRURec", TINY_DATASET, config_dict={"data_path": tiny_data_path, "eval_mask_history": "yes"})

@@ -149,19 +149,20 @@ def _metric_keys(rows):
     return keys
 
 
-def _load_per_user(output_dir, rows):
-    users, values = [], []
+def _load_per_user(output_dir, rows, missing):
+    """Each user's NDCG@10 averaged over ``rows`` (one per seed), or None if a run's file is
+    absent; the ids of runs without a file are appended to ``missing``."""
+    users, values, complete = [], [], True
     for row in rows:
         path = row.get("per_user_file")
-        if not path:
-            return None
-        path = os.path.join(output_dir, path)
-        if not os.path.isfile(path):
-            return None
-        with np.load(path) as data:
+        if not path or not os.path.isfile(os.path.join(output_dir, path)):
+            missing.append(row.get("run_id") or f"{row['model']} seed={row['seed']}")
+            complete = False
+            continue
+        with np.load(os.path.join(output_dir, path)) as data:
             users.append(data["user"])
             values.append(data[SIGNIFICANCE_METRIC])
-    return average_by_user(users, values) if users else None
+    return average_by_user(users, values) if complete and users else None
 
 
 def build_table(rows, models, output_dir=None):
@@ -188,7 +189,7 @@ def build_table(rows, models, output_dir=None):
         marks[metric] = rank_marks(means, bigger_is_better(metric))
 
     efficiency = [c for c in _EFFICIENCY_COLUMNS if any(stats[m][c[0]] for m in models)]
-    baseline, p_values = _significance(rows, models, ok_rows, stats, metrics, output_dir)
+    baseline, p_values, missing_per_user = _significance(rows, models, ok_rows, stats, metrics, output_dir)
 
     entries = []
     for i, model in enumerate(models):
@@ -205,6 +206,7 @@ def build_table(rows, models, output_dir=None):
         "efficiency": efficiency,
         "entries": entries,
         "baseline": baseline,
+        "missing_per_user": missing_per_user,
         "builtin": [m for m in models if any(_is_true(r.get("builtin")) for r in rows if r["model"] == m)],
     }
 
@@ -214,27 +216,29 @@ def _is_true(value):
 
 
 def _significance(rows, models, ok_rows, stats, metrics, output_dir):
-    """The best built-in model by mean test NDCG@10 and each other model's p-value against it."""
+    """The best built-in model by mean test NDCG@10, each other model's p-value against it (NaN
+    where a per-user file is missing) and the runs whose per-user file is missing."""
     if SIGNIFICANCE_METRIC not in metrics:
-        return None, {}
+        return None, {}, []
     key = f"test_{SIGNIFICANCE_METRIC}"
     builtin = [m for m in models if ok_rows[m] and _is_true(ok_rows[m][0].get("builtin")) and stats[m][key]]
     if not builtin:
-        return None, {}
+        return None, {}, []
     baseline = max(builtin, key=lambda m: stats[m][key][0])
     if output_dir is None:
-        return baseline, {}
-    reference = _load_per_user(output_dir, ok_rows[baseline])
+        return baseline, {}, []
+    missing = []
+    reference = _load_per_user(output_dir, ok_rows[baseline], missing)
     p_values = {}
     for model in models:
         if model == baseline or not ok_rows[model]:
             continue
-        per_user = _load_per_user(output_dir, ok_rows[model])
+        per_user = _load_per_user(output_dir, ok_rows[model], missing)
         if reference is None or per_user is None:
             p_values[model] = float("nan")
         else:
             p_values[model] = paired_p_value(per_user[0], per_user[1], reference[0], reference[1])
-    return baseline, p_values
+    return baseline, p_values, missing
 
 
 # --- Markdown and LaTeX ----------------------------------------------------------------------
@@ -299,6 +303,13 @@ def to_markdown(table, dataset, seeds, failed_rows=()):
             "",
             f"p: {SIGNIFICANCE_TEST} of each model's per-user test NDCG@10 (averaged over seeds) "
             f"against the best RecBole baseline by mean test NDCG@10, {table['baseline']}, paired by user.",
+        ]
+    if table.get("missing_per_user"):
+        missing = table["missing_per_user"]
+        lines += [
+            "",
+            f"n/a: the per-user file of {len(missing)} run(s) is missing ({_short(', '.join(missing), 400)}); "
+            "a p-value needs every seed of both models.",
         ]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for entry in table["entries"]:

@@ -360,6 +360,30 @@ def test_summary_table_marks_and_significance(tmp_path):
     assert tex.count("\\\\") == 1 + len(models)  # header + one line per model
 
 
+def test_missing_per_user_file_gives_na_and_names_the_run(tmp_path):
+    rng = np.random.default_rng(1)
+    users = np.arange(50)
+    per_user = {
+        ("Ours", 1): (users, rng.random(50)), ("Ours", 2): (users, rng.random(50)),
+        ("Other", 1): (users, rng.random(50)), ("Other", 2): (users, rng.random(50)),
+        ("BaseA", 1): (users, rng.random(50) + 0.5), ("BaseA", 2): (users, rng.random(50) + 0.5),
+    }
+    rows = _synthetic_rows(tmp_path, per_user)
+    for row in rows:
+        row["builtin"] = str(row["model"] == "BaseA")
+        row["run_id"] = f"{row['model']}-seed{row['seed']}"
+    os.remove(tmp_path / "per_user" / "Ours-2.npz")  # e.g. lost with the machine that ran it
+    table = report.build_table(rows, ["Ours", "Other", "BaseA"], str(tmp_path))
+    entries = {e["model"]: e for e in table["entries"]}
+    assert np.isnan(entries["Ours"]["p"]) and 0 <= entries["Other"]["p"] <= 1
+    assert table["missing_per_user"] == ["Ours-seed2"]
+    md = report.to_markdown(table, "toy_set", [1, 2])
+    assert next(l for l in md.splitlines() if l.startswith("| Ours")).endswith("| n/a |")
+    assert "per-user file of 1 run(s) is missing (Ours-seed2)" in md
+    complete = report.to_markdown(report.build_table(rows[2:], ["Other", "BaseA"], str(tmp_path)), "toy_set", [1, 2])
+    assert "is missing" not in complete
+
+
 def test_paired_p_value_pairs_by_user():
     rng = np.random.default_rng(1)
     users = np.array([f"u{i}" for i in range(50)])

@@ -154,12 +154,12 @@ def _load_per_user(output_dir, rows, missing):
     absent; the ids of runs without a file are appended to ``missing``."""
     users, values, complete = [], [], True
     for row in rows:
-        path = row.get("per_user_file")
-        if not path or not os.path.isfile(os.path.join(output_dir, path)):
+        path = os.path.join(output_dir, row["per_user_file"]) if row.get("per_user_file") else None
+        if path is None or not os.path.isfile(path):
             missing.append(row.get("run_id") or f"{row['model']} seed={row['seed']}")
             complete = False
             continue
-        with np.load(os.path.join(output_dir, path)) as data:
+        with np.load(path) as data:
             users.append(data["user"])
             values.append(data[SIGNIFICANCE_METRIC])
     return average_by_user(users, values) if complete and users else None

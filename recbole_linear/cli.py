@@ -14,7 +14,7 @@ import importlib
 import sys
 
 from recbole_linear.config import parse_cmd_args
-from recbole_linear.errors import RecBoleLinearError
+from recbole_linear.errors import ConfigError, RecBoleLinearError
 
 PROG = "run_recbole_linear.py"
 # subcommand -> module exposing cli_main(argv) -> int
@@ -32,6 +32,12 @@ def common_parser(prog, description):
     parser.add_argument(
         "--config_files", default=None, help="space-separated YAML config files; later files win"
     )
+    parser.add_argument(
+        "--protocol",
+        default=None,
+        help="a paper's run settings shipped with the plugin (lrurec-paper, linrec-paper, glintru-paper), "
+        "read before --config_files",
+    )
     return parser
 
 
@@ -43,13 +49,45 @@ def parse_known(parser, argv):
     """Parse ``argv``; anything unknown must be a ``--key=value`` config override."""
     args, rest = parser.parse_known_args(argv)
     parse_cmd_args(rest)  # raises ConfigError for anything not --key=value
+    _protocol_into_config_files(args)
     return args, rest
+
+
+def _protocol_into_config_files(args):
+    """``--protocol=NAME`` -> its shipped file, first in ``args.config_files`` (so the user's files win)."""
+    if getattr(args, "protocol", None) is None:
+        return
+    from recbole_linear.paths import protocol_file
+
+    path = protocol_file(args.protocol)  # ConfigError for an unknown name
+    if len(path.split()) != 1:
+        raise ConfigError(f"--protocol: the installed path '{path}' has spaces; pass it with --config_files")
+    args.config_files = " ".join([path] + (split_config_files(args.config_files) or []))
+
+
+_EPILOG = f"""\
+subcommands (each has its own --help):
+  tune       tune hyperparameters with RecBole's HyperTuning or Ray Tune
+               {PROG} tune --model=LRURec --algo=random --max_evals=8
+  compare    train every model x seed under one protocol and tabulate the results
+               {PROG} compare --models=LRURec,SASRec --seeds=2020,2021
+  evaluate   score saved models again, e.g. under the official masked protocol
+               {PROG} evaluate --runs=DIR --eval_mask_history=True
+
+--key=value: every argument of this form that is not an option above is a RecBole config
+override, above config files in precedence (--epochs=50 --hidden_size=64 --topk=[5,10]); values
+are read as Python literals, as RecBole reads its command line. Write it as one word with '='
+('--epochs 50' is refused).
+"""
 
 
 def run_parser():
     parser = common_parser(PROG, "Train and test one model (plugin or RecBole built-in) on a RecBole dataset.")
+    parser.usage = f"\n  {PROG} --model=MODEL [options] [--key=value ...]\n  {PROG} {{tune,compare,evaluate}} [--help] ..."
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _EPILOG
     parser.add_argument("--model", "-m", required=True, help="model name, e.g. LRURec, LinRec, GLINTRU, SASRec")
-    parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs) for RecBole's DDP training")
+    parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (DDP: gloo on CPUs, NCCL on GPUs)")
     parser.add_argument("--world_size", type=int, default=-1, help="total processes across machines")
     parser.add_argument("--ip", default="localhost", help="address of the DDP master")
     parser.add_argument("--port", default="5678", help="port of the DDP master")

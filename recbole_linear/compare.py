@@ -10,10 +10,13 @@ e.g. the best parameters ``tune`` writes; it beats shared settings, being more s
 its own process (:mod:`recbole_linear.compare_worker`): its peak memory is its own and a crash
 fails that run only.
 
-The output folder (default ``results/<dataset>/``) holds:
+The output folder (default ``saved/compare/<dataset>/``, outside the repository's tracked
+``results/``) holds:
 - ``runs.csv``: one row per run: status and one-line error, best-valid (``valid_*``) and test
   (``test_*``) metrics, parameters, seconds per epoch, epochs, test users evaluated and the test
-  evaluation's seconds, its latency in ms per 1,000 users, peak RSS / GPU MB, the checkpoint and the files below;
+  evaluation's seconds, its latency in ms per 1,000 users, peak RSS / GPU MB, the run's training
+  regime (``train_all_positions``) and evaluation protocol (``eval_mask_history``) from its final
+  config, the checkpoint and the files below (paths relative to the folder, so it can move);
 - ``summary.md`` / ``summary.tex``: see :mod:`recbole_linear.report`;
 - ``configs/<run_id>.yaml`` the final config of each run, ``per_user/<run_id>.npz`` each test
   user's NDCG@10 (arrays ``user``, ``ndcg@10``), ``logs/<run_id>.log`` the run's output.
@@ -23,6 +26,12 @@ of the config files and the run's overrides (shared and per-model). Rerunning th
 skips every run that finished (status ``ok``) and retries the failed ones; a run whose settings
 changed gets a new id and runs again (older rows stay in ``runs.csv``; the summary reads only the
 runs of the current command).
+
+Faults: one command at a time per folder (:mod:`recbole_linear.folder_lock`; a second one exits
+with status 2, a dead command's lock is taken over); each worker dies with this process, however
+it dies (:func:`recbole_linear.compare_worker.die_with_parent`); ``runs.csv`` rows are validated on
+reading (:mod:`recbole_linear.run_table`: a row cut short runs again, a junk row is dropped). One
+table holds one training regime and one evaluation protocol: mixing them is refused before training.
 """
 import argparse
 import concurrent.futures
@@ -30,14 +39,20 @@ import csv
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 from recbole_linear.cli import PROG, common_parser, parse_known, split_config_files
+from recbole_linear.compare_protocol import PROTOCOL_KEYS, check_one_protocol, planned_protocols, protocol_of_config
 from recbole_linear.config import parse_cmd_args, read_yaml
 from recbole_linear.errors import ConfigError, RecBoleLinearError
+from recbole_linear.folder_lock import FolderLock
+from recbole_linear.preflight import check_runs
 from recbole_linear.registry import canonical_model_name, get_model
+from recbole_linear.run_table import RUNS_NAME, load_runs, read_csv_rows, relative_path
 
 # keys a comparison sets itself, per run
 _RESERVED_OVERRIDES = {
@@ -47,11 +62,11 @@ _RESERVED_OVERRIDES = {
     "saved_model_file": "(named per run)",
 }
 _FIRST_COLUMNS = [
-    "run_id", "model", "seed", "overrides_hash", "dataset", "builtin", "status", "error",
+    "run_id", "model", "seed", "overrides_hash", "dataset", "builtin", *PROTOCOL_KEYS, "status", "error",
 ]
 _LAST_COLUMNS = [
     "best_valid_score", "num_parameters", "epochs_trained", "seconds_per_epoch", "train_seconds",
-    "evaluated_users", "eval_seconds", "latency_ms_per_1k_users", "peak_rss_mb", "import_rss_mb", "peak_gpu_mb",
+    "evaluated_users", "eval_seconds", "latency_ms_per_1k_users", "peak_rss_mb", "import_rss_mb", "peak_gpu_mb", "peak_rss_training_mb",
     "run_seconds", "checkpoint", "config_file", "per_user_file", "log_file", "finished_at",
 ]
 HEADLINE_METRIC = "ndcg@10"
@@ -70,7 +85,7 @@ def build_parser():
         "--model_config", action="append", default=[], metavar="MODEL=FILE",
         help="YAML of key: value for one model only, e.g. LRURec=best.yaml (repeatable)",
     )
-    parser.add_argument("--output_dir", default=None, help="output folder (default: results/<dataset>)")
+    parser.add_argument("--output_dir", default=None, help="output folder (default: saved/compare/<dataset>)")
     parser.add_argument(
         "--jobs", type=int, default=1,
         help="runs trained at the same time, each in its own process (default 1). With more than one, "
@@ -186,10 +201,8 @@ def plan_runs(models, seeds, dataset, config_files, shared_overrides, model_conf
 
 # --- runs.csv --------------------------------------------------------------------------------
 def read_runs(path):
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    """The rows of a CSV as they are (no validation: see :func:`~recbole_linear.run_table.load_runs`)."""
+    return read_csv_rows(path)[1]
 
 
 def write_runs(path, rows):
@@ -226,9 +239,11 @@ def result_row(run, result, files, output_dir):
     for key in _LAST_COLUMNS:
         if key in result and result[key] is not None:
             row[key] = result[key]
+    row["checkpoint"] = relative_path(result.get("checkpoint"), output_dir)
     for key, path in files.items():
         if key != "per_user_file" or result["status"] == "ok":
-            row[key] = os.path.relpath(path, output_dir) if os.path.exists(path) else ""
+            row[key] = relative_path(path, output_dir) if os.path.exists(path) else ""
+    row.update(protocol_of_config(files["config_file"]))
     row["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return row
 
@@ -254,6 +269,51 @@ def worker_command(spec_file):
     return [sys.executable, "-m", "recbole_linear.compare_worker", spec_file]
 
 
+def checkpoint_name(run, output_dir):
+    """``<run_id>-<6 hex of the output folder>.pth``: the same run compared into two folders (two
+    commands at once) writes two files, and a rerun into one folder finds its own."""
+    folder = hashlib.sha1(os.path.abspath(output_dir).encode("utf-8")).hexdigest()[:6]
+    return f"{run.run_id}-{folder}.pth"
+
+
+class _Workers:
+    """The live worker processes, each the leader of its own process group: on any exit of this
+    process that runs Python (an exception, Ctrl-C) their groups are killed here; when this process
+    is killed outright, each worker notices by itself (``die_with_parent``)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._processes = set()
+
+    def start(self, command, **kwargs):
+        with self._lock:
+            process = subprocess.Popen(command, start_new_session=True, **kwargs)
+            self._processes.add(process)
+        return process
+
+    def finished(self, process):
+        with self._lock:
+            self._processes.discard(process)
+
+    def kill_all(self):
+        with self._lock:
+            for process in self._processes:
+                _kill_group(process)
+
+
+def _kill_group(process):
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, AttributeError):  # gone already, or no killpg (Windows)
+        try:
+            process.kill()
+        except OSError:
+            pass
+
+
+WORKERS = _Workers()
+
+
 def execute(run, output_dir, threads=None):
     """Run one (model, seed) in a fresh Python process; returns its result dict (never raises)."""
     if run.error:  # the model does not even resolve: nothing to start
@@ -268,15 +328,20 @@ def execute(run, output_dir, threads=None):
         "run_id": run.run_id, "model": run.model, "dataset": run.dataset,
         "config_files": run.config_files, "cmd_args": run.cmd_args,
         "config_file": files["config_file"], "per_user_file": files["per_user_file"], "result_file": result_file,
+        "checkpoint_name": checkpoint_name(run, output_dir), "parent_pid": os.getpid(),
     }
     with open(spec_file, "w", encoding="utf-8") as f:
         json.dump(spec, f, indent=1)
     if os.path.exists(result_file):
         os.remove(result_file)
     with open(files["log_file"], "w", encoding="utf-8") as log:
-        process = subprocess.run(
+        process = WORKERS.start(
             worker_command(spec_file), stdout=log, stderr=subprocess.STDOUT, env=_worker_env(threads),
         )
+        try:
+            process.wait()
+        finally:
+            WORKERS.finished(process)
     try:
         with open(result_file, "r", encoding="utf-8") as f:
             result = json.load(f)
@@ -318,9 +383,18 @@ def run_comparison(runs, output_dir, dataset, models, seeds, out=print, jobs=1):
 
     if jobs < 1:
         raise ConfigError(f"invalid value for '--jobs': {jobs} (expected a positive integer)")
-    os.makedirs(output_dir, exist_ok=True)
-    csv_path = os.path.join(output_dir, "runs.csv")
-    rows = read_runs(csv_path)
+    protocols = planned_protocols(runs)
+    check_one_protocol(protocols, runs, [], output_dir)  # before the folder exists
+    with FolderLock(output_dir, "compare", warn=lambda line: out(f"compare: warning: {line}")):
+        return _run_in_folder(runs, output_dir, dataset, models, seeds, out, jobs, protocols, write_summary)
+
+
+def _run_in_folder(runs, output_dir, dataset, models, seeds, out, jobs, protocols, write_summary):
+    csv_path = os.path.join(output_dir, RUNS_NAME)
+    rows, dropped = load_runs(csv_path, warn=lambda line: out(f"compare: {line}"))
+    if dropped:
+        write_runs(csv_path, rows)  # the dropped rows leave the file now, whatever happens next
+    check_one_protocol(protocols, runs, rows, output_dir)
     done = {r["run_id"] for r in rows if r.get("status") == "ok"}
     to_run = [run for run in runs if run.run_id not in done]
     out(
@@ -350,8 +424,14 @@ def run_comparison(runs, output_dir, dataset, models, seeds, out=print, jobs=1):
     # each run is a subprocess: the pool's threads only wait on them (one thread: plan order)
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(timed_execute, run): (index, run) for index, run in pending}
-        for future in concurrent.futures.as_completed(futures):
-            record(*futures[future], *future.result())
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                record(*futures[future], *future.result())
+        except BaseException:  # before the pool waits for its threads, which wait for the workers
+            for future in futures:
+                future.cancel()
+            WORKERS.kill_all()
+            raise
 
     by_id = {r["run_id"]: r for r in rows}
     plan_rows = [by_id[run.run_id] for run in runs]
@@ -364,6 +444,11 @@ def run_comparison(runs, output_dir, dataset, models, seeds, out=print, jobs=1):
     return plan_rows
 
 
+def default_output_dir(dataset):
+    """``saved/compare/<dataset>``: beside RecBole's checkpoints, outside the tracked ``results/``."""
+    return os.path.join("saved", "compare", dataset)
+
+
 def cli_main(argv):
     """``compare`` subcommand; exit status 0 if every run finished, 1 if any failed."""
     args, overrides = parse_known(build_parser(), argv)
@@ -372,7 +457,8 @@ def cli_main(argv):
     config_files = split_config_files(args.config_files)
     model_configs = parse_model_configs(args.model_config, models)
     runs = plan_runs(models, seeds, args.dataset, config_files, overrides, model_configs)
-    output_dir = args.output_dir or os.path.join("results", args.dataset)
+    check_runs(runs)  # every model name, key, value and the dataset, before any run trains (one line, exit 2)
+    output_dir = args.output_dir or default_output_dir(args.dataset)
     rows = run_comparison(
         runs, output_dir, args.dataset, models, seeds, out=lambda line: print(line, flush=True), jobs=args.jobs,
     )

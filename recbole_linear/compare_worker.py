@@ -8,15 +8,25 @@ result (JSON) holds RecBole's best-valid and test metrics and the run's facts, o
 
 The run is exactly ``run_recbole_linear.py --model=M --config_files=... <overrides>`` (same
 config, seed, data pipeline, trainer, evaluator), except:
-- the checkpoint is named after the run: ``<checkpoint_dir>/<run_id>.pth``;
+- the checkpoint is named after the run and its output folder: ``<checkpoint_dir>/<checkpoint_name>``
+  (``<run_id>-<folder hash>.pth``, see ``compare.checkpoint_name``);
 - the best checkpoint is loaded before the test evaluation, which is timed, and which also
   records every test user's NDCG@10 from the same full-sort scores RecBole's evaluator ranks
-  (:class:`PerUserNDCG`).
+  (:class:`PerUserNDCG`);
+- training survives interruption: after every validated epoch the run's state goes to
+  ``<checkpoint>.resume.pth``, and a later attempt of the same run (compare retries unfinished
+  runs) continues from it, bit-identical to an uninterrupted run; the file is removed once the
+  run is tested (:mod:`recbole_linear.resume`).
+
+The worker dies with the ``compare`` process that started it (:func:`die_with_parent`), so that a
+killed comparison leaves no orphan training on behind it.
 """
 import json
 import os
 import resource
+import signal
 import sys
+import threading
 import time
 import traceback
 from logging import getLogger
@@ -158,12 +168,16 @@ def train_and_test(spec, facts):
     import torch
     from recbole.utils import init_logger, init_seed
 
+    from recbole_linear import resume
     from recbole_linear.config import create_config
     from recbole_linear.quick_start import check_dataset, count_parameters, prepare
 
     config = create_config(spec["model"], spec["dataset"], spec["config_files"], None, spec["cmd_args"])
     check_dataset(config)
-    config["saved_model_file"] = os.path.join(config["checkpoint_dir"], f"{spec['run_id']}.pth")
+    if (config["nproc"] or 1) > 1:  # compare --nproc=N: RecBole's DDP config key, for every run
+        return train_and_test_distributed(spec, facts, config)
+    name = spec.get("checkpoint_name") or f"{spec['run_id']}.pth"
+    config["saved_model_file"] = os.path.join(config["checkpoint_dir"], name)
     facts["device"] = str(config["device"])
     facts["import_rss_mb"] = peak_memory()["peak_rss_mb"]  # interpreter, torch and RecBole alone
     dump_config(config, spec["config_file"])
@@ -177,6 +191,9 @@ def train_and_test(spec, facts):
         torch.cuda.reset_peak_memory_stats(config["device"])
 
     dataset, (train_data, valid_data, test_data), model, trainer = prepare(config)
+    # an interrupted earlier attempt of this run left its state after its last validated epoch
+    resume_file = resume.resume_file_for(config["saved_model_file"])
+    trainer.enable_resume(resume_file)
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     _load_best(trainer, model, logger)
 
@@ -196,6 +213,7 @@ def train_and_test(spec, facts):
     _check_per_user(logger, config, test_result, ndcg)
     logger.info(f"best valid: {dict(best_valid_result)}")
     logger.info(f"test result: {dict(test_result)}")
+    resume.discard(resume_file)  # the run is complete: a rerun starts afresh
 
     epoch_seconds = list(trainer.epoch_train_seconds)
     return {
@@ -204,12 +222,68 @@ def train_and_test(spec, facts):
         "test_result": {k: float(v) for k, v in test_result.items()},
         "num_parameters": count_parameters(model),
         "epochs_trained": len(epoch_seconds),
+        "resumed_from_epoch": trainer.start_epoch or None,  # the first epoch this process trained, if resumed
         "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,
         "train_seconds": float(np.sum(epoch_seconds)),
         "evaluated_users": recorder.n_users,
         "eval_seconds": eval_seconds,
         "latency_ms_per_1k_users": eval_seconds * 1e6 / recorder.n_users if recorder.n_users else None,
         "checkpoint": os.path.abspath(trainer.saved_model_file) if os.path.isfile(trainer.saved_model_file) else None,
+    }
+
+
+def train_and_test_distributed(spec, facts, config):
+    """:func:`train_and_test` with training on ``config["nproc"]`` DDP processes of this machine.
+
+    The run is ``run_recbole_linear.py --nproc=N`` (its own processes, a free port); its best
+    checkpoint is then tested again here, in one process, with the per-user recorder and the
+    timing of :func:`train_and_test`. DDP evaluation is exact, so this test result is the run's own
+    (checked). ``peak_rss_mb`` is this process's (the testing one); the training processes' peak
+    is ``peak_rss_training_mb``. Resuming is not supported under DDP.
+    """
+    import resource
+
+    from recbole_linear.distributed import free_port
+    from recbole_linear.quick_start import count_parameters, load_data_and_model, run
+    from recbole_linear.trainer import get_trainer
+
+    name = spec.get("checkpoint_name") or f"{spec['run_id']}.pth"
+    saved_model_file = os.path.join(config["checkpoint_dir"], name)
+    dump_config(config, spec["config_file"])
+    trained = run(spec["model"], spec["dataset"], spec["config_files"], {"saved_model_file": saved_model_file},
+                  spec["cmd_args"], nproc=config["nproc"], port=free_port())
+    training_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+    test_config, model, dataset, _, _, test_data = load_data_and_model(saved_model_file)
+    facts["device"] = str(test_config["device"])
+    logger = getLogger()
+    trainer = get_trainer(test_config["MODEL_TYPE"], test_config["model"])(test_config, model)
+    recorder = PerUserNDCG(test_config)
+    recorder.attach(trainer)
+    start = time.perf_counter()
+    test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    eval_seconds = time.perf_counter() - start - recorder.seconds
+    if dict(test_result) != dict(trained["test_result"]):
+        logger.warning(f"test result here {dict(test_result)} differs from the DDP run's {dict(trained['test_result'])}")
+    users, ndcg = recorder.result(dataset)
+    os.makedirs(os.path.dirname(spec["per_user_file"]) or ".", exist_ok=True)
+    np.savez(spec["per_user_file"], user=users, **{f"ndcg@{NDCG_K}": ndcg})
+    _check_per_user(logger, test_config, test_result, ndcg)
+
+    epoch_seconds = trained["epoch_train_seconds"]
+    return {
+        "best_valid_score": float(trained["best_valid_score"]),
+        "best_valid_result": {k: float(v) for k, v in trained["best_valid_result"].items()},
+        "test_result": {k: float(v) for k, v in test_result.items()},
+        "num_parameters": count_parameters(model),
+        "epochs_trained": trained["epochs_trained"],
+        "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,
+        "train_seconds": float(np.sum(epoch_seconds)),
+        "evaluated_users": recorder.n_users,
+        "eval_seconds": eval_seconds,
+        "latency_ms_per_1k_users": eval_seconds * 1e6 / recorder.n_users if recorder.n_users else None,
+        "peak_rss_training_mb": training_rss_mb,
+        "checkpoint": os.path.abspath(saved_model_file) if os.path.isfile(saved_model_file) else None,
     }
 
 
@@ -222,12 +296,62 @@ def _check_per_user(logger, config, test_result, ndcg):
             logger.warning(f"per-user {key} mean {np.mean(ndcg):.6f} differs from RecBole's {test_result[key]}")
 
 
+# --- dying with the parent -------------------------------------------------------------------
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_POLL_SECONDS = 0.5
+
+
+def _end_own_group(*_):
+    """Kill this worker and everything it started: its process group (compare makes each worker
+    the leader of a new session); a plain exit where it leads no group."""
+    try:
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+    finally:
+        os._exit(128 + signal.SIGTERM)
+
+
+def _ask_kernel_for_death_signal():
+    """Linux: SIGTERM to this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def die_with_parent(parent_pid):
+    """End this process (and its group) as soon as ``parent_pid`` is no longer its parent.
+
+    Two ways, as neither covers every system: the kernel's death signal (Linux) and a thread
+    that polls the parent pid every :data:`PARENT_POLL_SECONDS` (a dead parent's children are
+    re-parented). The check after arming both covers a parent that died before.
+    """
+    signal.signal(signal.SIGTERM, _end_own_group)
+    _ask_kernel_for_death_signal()
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        _end_own_group()
+
+    if os.getppid() != parent_pid:
+        _end_own_group()
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def main(argv):
     if len(argv) != 1:
         print("usage: python -m recbole_linear.compare_worker SPEC.json", file=sys.stderr)
         return 2
     with open(argv[0], "r", encoding="utf-8") as f:
         spec = json.load(f)
+    if spec.get("parent_pid"):
+        die_with_parent(int(spec["parent_pid"]))
     start = time.perf_counter()
     facts = {"device": None, "import_rss_mb": None}
     try:

@@ -9,6 +9,11 @@ RecBole's internal defaults (overall, its model yaml, dataset yaml, quick-start 
 Unlike RecBole's ``Config``, this one reads ``--key=value`` only from the ``cmd_args`` it is
 given, never from ``sys.argv`` behind the caller's back: a Python caller (pytest, a notebook,
 a Ray worker) gets exactly the config it asked for.
+
+It also warns once per unknown key (:mod:`recbole_linear.known_keys`), runs the model's own
+``check_config`` before any data loads, reads ``data_path`` as the folder holding
+``<dataset>/<dataset>.inter`` for every dataset (RecBole pins ml-100k to its bundled copy), and
+gives a dataset without any yaml the load_col it needs (:mod:`recbole_linear.data_checks`).
 """
 import numbers
 import os
@@ -19,7 +24,10 @@ from recbole.config import Config
 
 from recbole_linear import paths
 from recbole_linear.errors import ConfigError, RecBoleLinearError
-from recbole_linear.registry import canonical_model_name, get_model
+from recbole_linear.data_checks import set_default_load_col
+from recbole_linear.known_keys import warn_unknown_keys
+from recbole_linear.recbole_compat import input_type_for
+from recbole_linear.registry import PLUGIN_MODELS, canonical_model_name, get_model
 
 
 class _YamlLoader(yaml.FullLoader):
@@ -65,13 +73,22 @@ def load_model_properties(model_name):
 
 
 def fill_model_defaults(config, model_name):
-    """Give a config the plugin's model defaults for the keys it lacks.
+    """Give a config the plugin's model defaults; plugin models call this first in ``__init__``.
 
-    A :class:`PluginConfig` already has them; a config built by RecBole's own ``Config`` (stock
-    ``run_recbole``, ``objective_function``) knows nothing of the plugin's property files, so
-    plugin models call this first in ``__init__``. Keys the config has are left alone.
+    A :class:`PluginConfig` already has them. A config built by RecBole's own ``Config`` (stock
+    ``run_recbole``, ``objective_function``, ``HyperTuning``) never read the plugin's property
+    files: it takes every default the user did not set, as RecBole's precedence would have given
+    it (RecBole's overall.yaml < the model's yaml < user settings), including LRURec's optimizer.
+    Any other mapping (a test's dict) only gets the keys it lacks.
     """
-    for key, value in load_model_properties(model_name).items():
+    defaults = load_model_properties(model_name)
+    if isinstance(config, Config) and not isinstance(config, PluginConfig):
+        from recbole_linear.recbole_compat import adopt_plugin_defaults
+
+        plugin_overall = read_yaml(paths.overall_property_file())
+        adopt_plugin_defaults(config, model_name, {**{k: v for k, v in plugin_overall.items() if k not in config}, **defaults})
+        return config
+    for key, value in defaults.items():
         if key not in config:
             config[key] = value
     return config
@@ -132,6 +149,10 @@ _CHECKS = {
     "num_layers": (_positive_int, "a positive integer"),
     "detect_anomaly": (_bool, "True or False"),
     "eval_mask_history": (_bool, "True or False"),
+    "train_all_positions": (_bool, "True or False"),
+    "train_window_overlap": (_non_negative_int, "a non-negative integer"),
+    "resume_file": (lambda v: isinstance(v, str) and v != "", "a file path"),
+    "ddp_backend": (lambda v: v in ("auto", "gloo", "nccl"), "auto, gloo or nccl"),
 }
 
 
@@ -144,6 +165,16 @@ def validate(config):
     for key, value in config.final_config_dict.items():
         if "dropout" in key and isinstance(value, (numbers.Real, str)) and not _probability(value):
             raise ConfigError(f"invalid value for '{key}': {value!r} (expected a probability in [0, 1))")
+    from recbole_linear.all_positions import check_supported  # late: it imports RecBole's dataloaders
+
+    check_supported(config)
+
+
+def check_model_config(config):
+    """The model's own ``check_config(config)`` (heads, widths, kernel sizes), before any data loads."""
+    check = getattr(config.model_class, "check_config", None)
+    if callable(check):
+        check(config)
 
 
 def override_config(config, cmd_args, allowed):
@@ -156,9 +187,13 @@ def override_config(config, cmd_args, allowed):
             f"'--{refused[0]}' cannot be changed here (allowed: {', '.join('--' + k for k in allowed)})"
         )
     try:
-        config.final_config_dict.update(config._convert_config_dict(values))
+        values = config._convert_config_dict(values)
     except (ValueError, SyntaxError) as e:
         raise ConfigError(f"invalid override: {e}") from e
+    if "data_path" in values:
+        # as for a run: the folder holding <dataset>/<dataset>.inter (the config stores the dataset folder)
+        values["data_path"] = os.path.join(str(values["data_path"]), config["dataset"])
+    config.final_config_dict.update(values)
     validate(config)
     return config
 
@@ -178,6 +213,8 @@ class PluginConfig(Config):
             message = e.args[0] if e.args else str(e)
             raise ConfigError(f"invalid configuration: {message}") from e
         validate(self)
+        check_model_config(self)
+        set_default_load_col(self)
 
     # --- loading -------------------------------------------------------------------
     def _load_config_files(self, file_list):
@@ -188,6 +225,11 @@ class PluginConfig(Config):
 
     def _load_cmd_line(self):
         return self._convert_config_dict(parse_cmd_args(self._cmd_args))
+
+    def _merge_external_config_dict(self):
+        super()._merge_external_config_dict()
+        # first, so a typo is reported even when another setting then fails
+        warn_unknown_keys(self.external_config_dict)
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None and isinstance(self.external_config_dict.get("model"), str):
@@ -210,6 +252,29 @@ class PluginConfig(Config):
             self.internal_config_dict.update(dataset_defaults)
             self.parameters["Dataset"] += [k for k in dataset_defaults if k not in self.parameters["Dataset"]]
         self.internal_config_dict.update(load_model_properties(model))
+
+    def _set_default_parameters(self):
+        super()._set_default_parameters()
+        if self.dataset == "ml-100k" and "data_path" in self.external_config_dict:
+            # RecBole always reads its bundled copy (configurator); a user's data_path means the
+            # same for every dataset: the folder holding <dataset>/<dataset>.inter
+            self.final_config_dict["data_path"] = os.path.join(self.external_config_dict["data_path"], self.dataset)
+        if self.model_class.__name__ in PLUGIN_MODELS:
+            # plugin classes declare the input type of their default loss for RecBole's own
+            # Config (recbole_compat); here the config's loss_type decides, as RecBole does for SASRec
+            self.final_config_dict["MODEL_INPUT_TYPE"] = input_type_for(self.final_config_dict.get("loss_type"))
+            sampling = self.final_config_dict.get("train_neg_sample_args")
+            if self.final_config_dict["loss_type"] == "CE" and sampling is not None:
+                raise ConfigError(f"train_neg_sample_args [{sampling}] should be None when the loss_type is CE")
+
+    def _init_device(self):
+        # RecBole's DDP branch is NCCL/CUDA only; a DDP rank (local_rank set) gets gloo on CPUs
+        if "local_rank" in self.final_config_dict:
+            from recbole_linear.distributed import init_process_group
+
+            init_process_group(self.final_config_dict)
+        else:
+            super()._init_device()
 
     def _get_final_config_dict(self):
         final = super()._get_final_config_dict()

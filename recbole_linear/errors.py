@@ -15,3 +15,7 @@ class DatasetNotFoundError(RecBoleLinearError, FileNotFoundError):
 
 class ConfigError(RecBoleLinearError, ValueError):
     pass
+
+
+class DatasetError(RecBoleLinearError, ValueError):
+    """An atomic file RecBole cannot read as a dataset (header, columns, values) or a split it cannot evaluate."""

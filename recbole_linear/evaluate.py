@@ -8,9 +8,12 @@ Each checkpoint is loaded with its run's own config (dataset, split, metrics, se
 ``eval_batch_size``, ``data_path``), and the model is evaluated on the validation and test sets
 through RecBole's trainer and evaluator. With no overrides it reproduces the run's test metrics.
 
-``--runs DIR`` takes every finished run of a ``compare`` folder (``DIR/runs.csv``). One row per
-checkpoint and settings goes to ``--output`` (default ``DIR/evaluate.csv`` with ``--runs``, else
-``evaluate.csv``); a row with the same checkpoint and settings is replaced, others are kept.
+``--runs DIR`` takes every finished run of a ``compare`` folder (``DIR/runs.csv``; its checkpoint
+paths are relative to ``DIR``, older absolute ones work where the file exists). A run whose
+checkpoint is missing (checkpoints are not committed with results) is skipped with one line; the
+others are evaluated. One row per checkpoint and settings goes to ``--output`` (default
+``DIR/evaluate.csv`` with ``--runs``, else ``evaluate.csv``), its checkpoint path relative to the
+folder of that file; a row with the same checkpoint and settings is replaced, others are kept.
 """
 import os
 import sys
@@ -20,6 +23,7 @@ from recbole_linear.cli import PROG, parse_known
 from recbole_linear.compare import read_runs, write_csv
 from recbole_linear.config import parse_cmd_args
 from recbole_linear.errors import ConfigError, RecBoleLinearError
+from recbole_linear.run_table import RUNS_NAME, load_runs, relative_path, resolve_path
 
 _FIRST_COLUMNS = ["checkpoint", "settings", "run_id", "model", "dataset", "seed"]
 
@@ -44,20 +48,40 @@ def settings_label(cmd_args):
     return "; ".join(f"{k}={v}" for k, v in sorted(parse_cmd_args(cmd_args).items()))
 
 
-def targets_from(checkpoints, runs_dir):
-    """[(checkpoint, run row or {})]: the named checkpoints, then the finished runs of ``runs_dir``."""
+def targets_from(checkpoints, runs_dir, out=print):
+    """[(checkpoint, run row or {})]: the named checkpoints (each must exist), then the finished
+    runs of ``runs_dir`` whose checkpoint exists (``out`` gets one line per run skipped)."""
+    for path in checkpoints:
+        if not os.path.isfile(path):
+            raise ConfigError(f"checkpoint '{path}' not found")
     targets = [(path, {}) for path in checkpoints]
     if runs_dir is not None:
-        csv_path = os.path.join(runs_dir, "runs.csv")
+        csv_path = os.path.join(runs_dir, RUNS_NAME)
         if not os.path.isfile(csv_path):
             raise ConfigError(f"--runs: no runs.csv in '{runs_dir}'")
-        targets += [(row["checkpoint"], row) for row in read_runs(csv_path) if row.get("status") == "ok"]
+        rows, _ = load_runs(csv_path, warn=lambda line: out(f"evaluate: {line}"))
+        finished = [row for row in rows if row.get("status") == "ok"]
+        for row in finished:
+            path = resolve_path(row.get("checkpoint"), runs_dir)
+            if path and os.path.isfile(path):
+                targets.append((path, row))
+            else:
+                shown = f"'{path}' not found" if path else "none recorded"
+                out(f"evaluate: skipped {row['run_id']}: checkpoint {shown} (checkpoints are not committed with results)")
+        if finished and len(targets) == len(checkpoints):
+            raise ConfigError(
+                f"--runs: none of the {len(finished)} finished runs in '{runs_dir}' has its checkpoint here; "
+                "rerun the comparison to recreate them"
+            )
     if not targets:
         raise ConfigError("nothing to evaluate: give --checkpoint=FILE or --runs=DIR")
-    for path, _ in targets:
-        if not path or not os.path.isfile(path):
-            raise ConfigError(f"checkpoint '{path}' not found")
     return targets
+
+
+def _same_target(row, checkpoint, settings, folder):
+    """An evaluate.csv row of this checkpoint (relative or absolute, as stored) and settings."""
+    stored = resolve_path(row.get("checkpoint"), folder)
+    return row.get("settings") == settings and os.path.abspath(stored) == os.path.abspath(checkpoint)
 
 
 def write_rows(path, rows):
@@ -69,19 +93,21 @@ def evaluate_all(targets, cmd_args, output, out=print):
     from recbole_linear.quick_start import evaluate_checkpoint
 
     settings = settings_label(cmd_args)
+    folder = os.path.dirname(output) or "."
     rows = read_runs(output)
     new_rows = []
     for index, (checkpoint, run) in enumerate(targets, start=1):
         start = time.perf_counter()
         config, valid_result, test_result = evaluate_checkpoint(checkpoint, cmd_args)
+        stored = relative_path(checkpoint, folder)
         row = {
-            "checkpoint": checkpoint, "settings": settings, "run_id": run.get("run_id", ""),
+            "checkpoint": stored, "settings": settings, "run_id": run.get("run_id", ""),
             "model": config["model"], "dataset": config["dataset"], "seed": config["seed"],
             **{f"valid_{k}": v for k, v in valid_result.items()},
             **{f"test_{k}": v for k, v in test_result.items()},
             "evaluated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        rows = [r for r in rows if (r["checkpoint"], r["settings"]) != (checkpoint, settings)] + [row]
+        rows = [r for r in rows if not _same_target(r, checkpoint, settings, folder)] + [row]
         write_rows(output, rows)
         new_rows.append(row)
         shown = "  ".join(f"test {k}={v:.4f}" for k, v in list(test_result.items())[:2])
@@ -93,7 +119,7 @@ def evaluate_all(targets, cmd_args, output, out=print):
 
 def cli_main(argv):
     args, cmd_args = parse_known(build_parser(), argv)
-    targets = targets_from(args.checkpoint, args.runs)
+    targets = targets_from(args.checkpoint, args.runs, out=lambda line: print(line, flush=True))
     output = args.output or (os.path.join(args.runs, "evaluate.csv") if args.runs else "evaluate.csv")
     evaluate_all(targets, cmd_args, output, out=lambda line: print(line, flush=True))
     return 0

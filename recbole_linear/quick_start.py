@@ -14,23 +14,28 @@ import torch
 
 from recbole.data import create_dataset, data_preparation
 from recbole.data.transform import construct_transform
-from recbole.utils import get_environment, get_flops, get_local_time, init_logger, init_seed, set_color
+from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
 import recbole_linear  # noqa: F401  (registers the plugin models, also in spawned children)
+from recbole_linear import distributed, resume
+from recbole_linear.all_positions import AllPositionTrainDataLoader
 from recbole_linear.config import create_config, override_config
-from recbole_linear.errors import ConfigError, DatasetNotFoundError
+from recbole_linear.data_checks import check_atomic_files, split_dataset
+from recbole_linear.errors import ConfigError, DatasetNotFoundError, RecBoleLinearError
 from recbole_linear.registry import get_model
-from recbole_linear.trainer import get_trainer, load_checkpoint
+from recbole_linear.trainer import get_trainer, load_checkpoint, unique_checkpoint_file
 
 
 def check_dataset(config):
-    """Fail with one line if the dataset's interaction file is missing (RecBole would try to download)."""
+    """Fail with one line if the dataset's interaction file is missing (RecBole would try to download)
+    or is one RecBole cannot read (see :mod:`recbole_linear.data_checks`)."""
     inter_file = os.path.join(config["data_path"], f"{config['dataset']}.inter")
     if not os.path.isfile(inter_file):
         raise DatasetNotFoundError(
             f"dataset '{config['dataset']}' not found: no atomic file {os.path.abspath(inter_file)} "
             f"(set --data_path to the folder that holds {config['dataset']}/{config['dataset']}.inter)"
         )
+    check_atomic_files(config)  # header, columns and values, before RecBole's pandas reads them
 
 
 def set_anomaly_detection(config):
@@ -55,9 +60,16 @@ def prepare(config, log_flops=False):
     set_anomaly_detection(config)
     dataset = create_dataset(config)
     logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data, valid_data, test_data = split_dataset(config, dataset)  # data_preparation + split checks
+    if config["train_all_positions"]:
+        train_data = AllPositionTrainDataLoader(config, train_data._dataset, shuffle=config["shuffle"])
+        logger.info(
+            set_color("train_all_positions", "blue")
+            + f": {train_data.sample_size} windows of at most {train_data.max_len} items, {train_data.n_targets} targets"
+        )
 
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    # the global rank, so that the processes of different machines draw different dropout masks
+    init_seed(config["seed"] + config["local_rank"] + (config["offset"] or 0), config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model)
     if log_flops:
@@ -114,10 +126,14 @@ def run_recbole_linear(
     logger.info(config)
 
     _, (train_data, valid_data, test_data), model, trainer = prepare(config, log_flops=True)
+    if config["resume_file"]:  # continue an interrupted run that wrote this file; rewrite it every epoch
+        trainer.enable_resume(config["resume_file"])
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    if config["resume_file"]:
+        resume.discard(config["resume_file"])
 
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
@@ -135,10 +151,18 @@ def run_recbole_linear(
     return result
 
 
-def _spawned_worker(rank, model, dataset, config_file_list, kwargs):
-    """Entry point of each DDP process; lives in the plugin so children import it."""
+def _spawned_worker(rank, model, dataset, config_file_list, kwargs, queue):
+    """Entry point of each DDP process; lives in the plugin so children import it.
+
+    An input error (or a rendezvous that cannot start) goes to the parent as one line; the
+    parent's ``distributed.spawn`` raises it there after torch has ended the other processes.
+    """
     kwargs["config_dict"] = dict(kwargs.get("config_dict") or {}, local_rank=rank)
-    run_recbole_linear(model, dataset, config_file_list, **kwargs)
+    try:
+        run_recbole_linear(model, dataset, config_file_list, queue=queue, **kwargs)
+    except (RecBoleLinearError, torch.distributed.DistNetworkError) as e:
+        distributed.report_worker_error(queue, rank + kwargs["config_dict"].get("offset", 0), e)
+        raise
 
 
 def run(
@@ -154,33 +178,26 @@ def run(
     port="5678",
     group_offset=0,
 ):
-    """One process, or ``nproc`` DDP processes on this machine (RecBole's NCCL path: GPUs only)."""
+    """One process, or ``nproc`` DDP processes on this machine (of ``world_size`` on all machines).
+
+    DDP runs on CPUs (gloo) and GPUs (NCCL), chosen by ``ddp_backend`` (see
+    :mod:`recbole_linear.distributed`); their validation and test metrics are those of one process
+    evaluating the same weights. Returns the result of this machine's first process.
+    """
     if nproc == 1 and world_size <= 0:
         return run_recbole_linear(model, dataset, config_file_list, config_dict, cmd_args, saved)
-
-    import torch.multiprocessing as mp
 
     # Build the config once here: bad input fails before any process starts, and every rank
     # gets the same checkpoint name (RecBole names it per process, to the second).
     config = create_config(model, dataset, config_file_list, config_dict, cmd_args)
     check_dataset(config)
+    launch = distributed.check_launch(config, nproc, world_size, port, group_offset)
+    distributed.make_shared_folders(config)
     config_dict = dict(config_dict or {})
-    config_dict.setdefault(
-        "saved_model_file", os.path.join(config["checkpoint_dir"], f"{config['model']}-{get_local_time()}.pth")
-    )
-    config_dict.update(
-        {
-            "world_size": nproc if world_size == -1 else world_size,
-            "ip": ip,
-            "port": port,
-            "nproc": nproc,
-            "offset": group_offset,
-        }
-    )
-    queue = mp.get_context("spawn").SimpleQueue()
-    kwargs = {"config_dict": config_dict, "cmd_args": cmd_args, "saved": saved, "queue": queue}
-    mp.spawn(_spawned_worker, args=(config["model"], dataset, config_file_list, kwargs), nprocs=nproc, join=True)
-    return None if queue.empty() else queue.get()
+    config_dict.setdefault("saved_model_file", unique_checkpoint_file(config["checkpoint_dir"], config["model"]))
+    config_dict.update(launch, ip=ip)
+    kwargs = {"config_dict": config_dict, "cmd_args": cmd_args, "saved": saved}
+    return distributed.spawn(_spawned_worker, (config["model"], dataset, config_file_list, kwargs), nproc)
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):
@@ -196,6 +213,15 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
     test_result = trainer.evaluate(test_data, load_best_model=saved)
     return _result(config, model, trainer, best_valid_score, best_valid_result, test_result, saved)
+
+
+def ddp_objective_function(config_dict=None, config_file_list=None, saved=True, nproc=2, port="5678"):
+    """:func:`objective_function` whose trial trains on ``nproc`` processes of this machine (DDP).
+
+    For ``tune`` (``--nproc``): ``functools.partial(ddp_objective_function, nproc=2, port=...)``.
+    The trial's metrics are those of one process evaluating its weights, as for any DDP run.
+    """
+    return run(None, None, config_file_list, config_dict, saved=saved, nproc=nproc, port=port)
 
 
 def read_recbole_checkpoint(model_file):
@@ -222,6 +248,7 @@ def load_data_and_model(model_file, cmd_args=None):
     """
     checkpoint = read_recbole_checkpoint(model_file)
     config = override_config(checkpoint["config"], cmd_args, EVALUATION_OVERRIDES)
+    distributed.as_single_process(config)  # a DDP run's checkpoint is evaluated in this one process
     # RecBole's metrics use numpy aliases (np.float...) that only its Config constructor restores;
     # an unpickled config never ran it, so a fresh process would fail at the first NDCG
     config.compatibility_settings()

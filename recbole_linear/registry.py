@@ -32,7 +32,11 @@ _RECBOLE_SUBMODULES = (
 
 
 def register_model(model_class, aliases=()):
-    """Expose ``model_class`` to RecBole's name lookup (and under each alias)."""
+    """Expose ``model_class`` to RecBole's name lookup (and under each alias), and make RecBole's
+    own ``Config`` and ``get_trainer`` work for it (see :mod:`recbole_linear.recbole_compat`)."""
+    from recbole_linear import recbole_compat
+    from recbole_linear.config import load_model_properties
+
     module = sys.modules[model_class.__module__]
     name = model_class.__name__
     PLUGIN_MODELS[name] = model_class.__module__
@@ -42,6 +46,9 @@ def register_model(model_class, aliases=()):
             # RecBole takes getattr(module, <the name it was given>)
             setattr(module, spelling, model_class)
         sys.modules[f"{_SEQUENTIAL_PACKAGE}.{spelling.lower()}"] = module
+    recbole_compat.declare_input_type(model_class, load_model_properties(name).get("loss_type"))
+    for spelling in (name, *aliases):
+        recbole_compat.register_trainer(spelling)
     return model_class
 
 

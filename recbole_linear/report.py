@@ -6,6 +6,11 @@ of every test metric over the seeds that finished, the best mean per metric in b
 second underlined (ties share a mark; direction from RecBole's ``smaller_metrics``), the
 efficiency columns, and the p-value of a two-sided Wilcoxon signed-rank test
 (``scipy.stats.wilcoxon``) of the model's per-user NDCG@10 against the best RecBole baseline's.
+
+A run counts as one of its model's seeds only if it finished with every test metric its model's
+runs report (:func:`finished_rows`): the seeds column counts exactly the runs that the means, the
+efficiency columns and the p-value use. ``summary.md`` also states the runs' training regime and
+evaluation protocol (``train_all_positions``, ``eval_mask_history``).
 """
 import math
 import os
@@ -149,13 +154,27 @@ def _metric_keys(rows):
     return keys
 
 
+def per_user_path(output_dir, row):
+    """A run's per-user file: its ``per_user_file`` cell (relative to the folder), else where
+    compare writes it (``per_user/<run_id>.npz``); None if neither exists."""
+    candidates = [row.get("per_user_file")]
+    if row.get("run_id"):
+        candidates.append(os.path.join("per_user", f"{row['run_id']}.npz"))
+    for stored in candidates:
+        if stored:
+            path = stored if os.path.isabs(stored) else os.path.join(output_dir, stored)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
 def _load_per_user(output_dir, rows, missing):
     """Each user's NDCG@10 averaged over ``rows`` (one per seed), or None if a run's file is
     absent; the ids of runs without a file are appended to ``missing``."""
     users, values, complete = [], [], True
     for row in rows:
-        path = os.path.join(output_dir, row["per_user_file"]) if row.get("per_user_file") else None
-        if path is None or not os.path.isfile(path):
+        path = per_user_path(output_dir, row)
+        if path is None:
             missing.append(row.get("run_id") or f"{row['model']} seed={row['seed']}")
             complete = False
             continue
@@ -172,7 +191,7 @@ def build_table(rows, models, output_dir=None):
     and the efficiency keys); failed runs are left out of the means. Significance needs
     ``output_dir`` (where the per-user files live).
     """
-    ok_rows = {m: [r for r in rows if r["model"] == m and r["status"] == "ok"] for m in models}
+    ok_rows = {m: finished_rows([r for r in rows if r["model"] == m]) for m in models}
     planned = {m: len([r for r in rows if r["model"] == m]) for m in models}
     metrics = _metric_keys([r for m in models for r in ok_rows[m]])
 
@@ -208,7 +227,54 @@ def build_table(rows, models, output_dir=None):
         "baseline": baseline,
         "missing_per_user": missing_per_user,
         "builtin": [m for m in models if any(_is_true(r.get("builtin")) for r in rows if r["model"] == m)],
+        "protocol": _protocol(rows),
     }
+
+
+def _number_or_none(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def finished_rows(model_rows):
+    """The runs of one model that count as seeds: status ok with every test metric any of its
+    finished runs reports (a row that lost its metrics counts nowhere: not in n, not in a mean)."""
+    ok = [r for r in model_rows if r.get("status") == "ok"]
+    with_values = [r for r in ok if any(_number_or_none(v) is not None for k, v in r.items() if k and k.startswith("test_"))]
+    keys = {k for r in with_values for k, v in r.items() if k and k.startswith("test_") and v not in (None, "")}
+    return [r for r in with_values if all(_number_or_none(r.get(k)) is not None for k in keys)]
+
+
+# how a run trained and was evaluated (compare refuses to mix them in one table)
+_PROTOCOL_TEXT = {
+    ("train_all_positions", "False"): "RecBole's regime, one target per training prefix",
+    ("train_all_positions", "True"): "every position of each training window, the official LRURec/SASRec regime",
+    ("eval_mask_history", "False"): "RecBole's full ranking over all items",
+    ("eval_mask_history", "True"): "full ranking without each user's input window, the official LRURec protocol",
+}
+
+
+def _protocol(rows):
+    """{key: value shared by the rows that record it, 'mixed', or None if none records it}."""
+    protocol = {}
+    for key in ("train_all_positions", "eval_mask_history"):
+        values = {str(r.get(key)) for r in rows if r.get("status") == "ok" and r.get(key) not in (None, "")}
+        protocol[key] = values.pop() if len(values) == 1 else ("mixed" if values else None)
+    return protocol
+
+
+def protocol_line(protocol):
+    """'Training: ... Evaluation: ...' for summary.md ('' when the rows record neither)."""
+    parts = []
+    for label, key in (("Training", "train_all_positions"), ("Evaluation", "eval_mask_history")):
+        value = (protocol or {}).get(key)
+        if value is None:
+            continue
+        text = _PROTOCOL_TEXT.get((key, value), "differs between runs")
+        parts.append(f"{label}: {text} (`{key}={value}`).")
+    return " ".join(parts)
 
 
 def _is_true(value):
@@ -296,6 +362,8 @@ def to_markdown(table, dataset, seeds, failed_rows=()):
         "parameters, training seconds per epoch, epochs trained, full-sort test evaluation in ms per "
         "1,000 users, peak memory of the process that ran the run.",
     ]
+    if protocol_line(table.get("protocol")):
+        lines += ["", protocol_line(table.get("protocol"))]
     if table["builtin"]:
         lines += ["", f"RecBole built-in baselines: {', '.join(table['builtin'])}."]
     if table["baseline"]:

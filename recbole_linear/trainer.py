@@ -9,20 +9,28 @@ with "Weights only load failed". The mixin below loads *the run's own checkpoint
 It also:
 - builds the optimizer from ``model.optimizer_param_groups(weight_decay)`` when the model has it
   (LRURec's official no-decay rule for biases and LayerNorms), with ``optimizer_eps`` when set;
+- names the checkpoint uniquely per run when the config does not (:func:`unique_checkpoint_file`);
 - under DDP, names the checkpoint once (``saved_model_file`` from the config, shared by all ranks)
   and waits for rank 0 to finish writing it before any rank reads it;
 - records each epoch's training time in ``epoch_train_seconds``;
+- after :meth:`PluginTrainerMixin.enable_resume`, continues an interrupted ``fit`` from its resume
+  file and rewrites that file after every validated epoch (:mod:`recbole_linear.resume`);
 - with ``eval_mask_history: True``, ranks a sequential model's full-sort scores without the items of
   each user's input window, the official LRURec evaluation protocol (RecBole masks only id 0 for
   sequential models; for other models it already masks the user's whole history).
 """
 import os
+import uuid
 from time import time
 
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.trainer import Trainer
+from recbole.utils import get_local_time
 from recbole.utils import get_trainer as recbole_get_trainer
 
+from recbole_linear.all_positions import AllPositionTrainDataLoader
+from recbole_linear.distributed_trainer import trainer_bases
 from recbole_linear.errors import ConfigError
 
 _CLASS_CACHE = {}
@@ -31,6 +39,12 @@ _CLASS_CACHE = {}
 def load_checkpoint(path, map_location=None):
     """Read a RecBole checkpoint (it pickles the run's Config, so weights_only must be off)."""
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def unique_checkpoint_file(checkpoint_dir, model_name):
+    """``<dir>/<model>-<RecBole's local time>-<pid>-<8 random hex>.pth``: RecBole's name (model and
+    second) made unique per run, so that runs started in the same second never share a file."""
+    return os.path.join(checkpoint_dir, f"{model_name}-{get_local_time()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.pth")
 
 
 def mask_input_window(scores, item_seq):
@@ -57,6 +71,8 @@ class PluginTrainerMixin:
             checkpoint_dir = os.path.dirname(self.saved_model_file)
             if checkpoint_dir:
                 os.makedirs(checkpoint_dir, exist_ok=True)
+        else:  # RecBole names it by the second: two runs started together would share one file
+            self.saved_model_file = unique_checkpoint_file(self.checkpoint_dir, config["model"])
         self.epoch_train_seconds = []
 
     def _build_optimizer(self, **kwargs):
@@ -72,6 +88,8 @@ class PluginTrainerMixin:
         return optimizer
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        if loss_func is None and isinstance(train_data, AllPositionTrainDataLoader):
+            loss_func = train_data.loss_function(self.model)
         start = time()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         self.epoch_train_seconds.append(time() - start)
@@ -119,10 +137,34 @@ class PluginTrainerMixin:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
+    # --- surviving interruption (recbole_linear.resume) ----------------------------------------
+    resume_file = None  # set by enable_resume: fit then continues from it and rewrites it every epoch
+
+    def enable_resume(self, resume_file):
+        """Make ``fit`` resumable: continue from ``resume_file`` when it holds this run's state, and
+        write the state there after every validation (see :mod:`recbole_linear.resume`)."""
+        if not self.config["single_spec"]:
+            raise ConfigError("resuming an interrupted run is not supported under DDP")
+        if not isinstance(self, Trainer):  # e.g. the decision-tree trainers: no epochs to resume
+            self.logger.warning(f"{type(self).__name__} cannot resume an interrupted run; training from the start")
+            return False
+        self.resume_file = str(resume_file)
+        return True
+
+    def fit(self, train_data, *args, **kwargs):
+        if self.resume_file is None:
+            return super().fit(train_data, *args, **kwargs)
+        from recbole_linear import resume
+
+        return resume.resumable_fit(self, super().fit, self.resume_file, train_data, *args, **kwargs)
+
 
 def get_trainer(model_type, model_name):
     """The trainer RecBole would pick for this model, with :class:`PluginTrainerMixin` on top."""
     base = recbole_get_trainer(model_type, model_name)
+    if issubclass(base, PluginTrainerMixin):  # a plugin model's trainer, registered under RecBole's names
+        return base
     if base not in _CLASS_CACHE:
-        _CLASS_CACHE[base] = type(f"Plugin{base.__name__}", (PluginTrainerMixin, base), {})
+        # trainer_bases: RecBole's trainer between the DDP mixin and the DDP wrap (recbole_linear.distributed_trainer)
+        _CLASS_CACHE[base] = type(f"Plugin{base.__name__}", (PluginTrainerMixin, *trainer_bases(base)), {})
     return _CLASS_CACHE[base]

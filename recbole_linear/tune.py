@@ -21,7 +21,11 @@ A trial is its parameters under the folder's fixed settings. Each one is appende
 ``trials.csv`` as soon as it finishes; a later run into the same folder serves every trial already
 there from the file instead of training it (hyperopt gets the stored loss), and refuses to start if
 the fixed settings changed. hyperopt is seeded (``--search_seed``), so a rerun of an interrupted
-random or bayes search proposes the same points again and only the unfinished ones train.
+random or bayes search proposes the same points again and only the unfinished ones train. One
+command at a time per folder (:mod:`recbole_linear.folder_lock`): a second one is refused before
+it writes anything; the lock of a command that died is taken over. Trial checkpoints are named
+after the folder, the fixed settings and the trial's parameters, so the same trial tuned into two
+folders writes two files.
 
 Where this differs from RecBole's ``HyperTuning``:
 
@@ -56,6 +60,7 @@ from recbole.utils import set_color
 from recbole_linear.cli import PROG, common_parser, parse_known, split_config_files
 from recbole_linear.config import create_config, read_yaml
 from recbole_linear.errors import ConfigError
+from recbole_linear.folder_lock import FolderLock
 from recbole_linear.hyper_space import (
     CSV_NAME,
     ParamsFileError,
@@ -67,6 +72,7 @@ from recbole_linear.hyper_space import (
     trial_key,
 )
 from recbole_linear.quick_start import check_dataset, objective_function
+from recbole_linear.registry import get_model
 from recbole_linear.tune_store import TrialStore, execute_trial
 
 ALGORITHMS = ("exhaustive", "random", "bayes")
@@ -164,7 +170,9 @@ class TuningRun:
         return params
 
     def checkpoint_file(self, params):
-        digest = hashlib.sha1((trial_key(self.fixed) + trial_key(params)).encode("utf-8")).hexdigest()[:12]
+        # the folder is part of the name: the same trial tuned into two folders writes two files
+        identity = os.path.abspath(self.output_dir) + trial_key(self.fixed) + trial_key(params)
+        digest = hashlib.sha1(identity.encode("utf-8")).hexdigest()[:12]
         return os.path.join(self.checkpoint_dir, f"{self.model}-{self.dataset}-tune-{digest}.pth")
 
     def hyperopt_algo(self):
@@ -547,6 +555,7 @@ def prepare(model, dataset="ml-100k", params_file=None, config_file_list=None, c
     algo = str(algo).lower()
     tool = str(tool).lower()
     _check_options(algo, tool, max_evals, early_stop, cpus_per_trial, gpus_per_trial)
+    get_model(model)  # an unknown name is reported as such, before its search space is looked up
     params_file = resolve_params_file(model, params_file)
     specs = read_params_file(params_file)
     if tool == "ray":
@@ -562,14 +571,19 @@ def prepare(model, dataset="ml-100k", params_file=None, config_file_list=None, c
     output_dir = output_dir or os.path.join("hyper_results", f"{model_name}-{dataset_name}")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ConfigError(f"--output_dir '{output_dir}' exists and is not a folder")
-    store = TrialStore(os.path.join(output_dir, CSV_NAME)).load()
-    _check_output_dir(output_dir, fixed, store)
+    folder_lock = FolderLock(output_dir, "tune").acquire()  # one command per folder, from here on
+    try:
+        store = TrialStore(os.path.join(output_dir, CSV_NAME)).load()
+        _check_output_dir(output_dir, fixed, store)
+    except BaseException:
+        folder_lock.release()
+        raise
 
-    os.makedirs(output_dir, exist_ok=True)
     display_file = os.path.join(output_dir, HTML_NAME) if display_file is None else display_file
     run = TuningRun(model_name, dataset_name, specs, params_file, algo, max_evals, early_stop, search_seed,
                     output_dir, display_file, tool, fixed, base_config, objective or objective_function)
     run.store = store
+    run.folder_lock = folder_lock
     _atomic_write(run.fixed_file, _yaml_dump(
         fixed, f"Fixed settings of every trial in this folder (written by '{PROG} tune').\n"
                "Trials add their parameters on top (see trials.csv)."))
@@ -633,6 +647,13 @@ def tune(model, dataset="ml-100k", params_file=None, config_file_list=None, conf
     """
     run = prepare(model, dataset, params_file, config_file_list, config_dict, cmd_args, algo, max_evals,
                   early_stop, search_seed, output_dir, display_file, tool, cpus_per_trial, gpus_per_trial, objective)
+    try:
+        return _tune_prepared(run, ray_address, cpus_per_trial, gpus_per_trial)
+    finally:
+        run.folder_lock.release()
+
+
+def _tune_prepared(run, ray_address, cpus_per_trial, gpus_per_trial):
     with _TuneLogging(run.output_dir) as logger:
         logger.info(
             f"tuning {run.model} on {run.dataset}: {run.algo} search with {run.tool}, "
@@ -688,7 +709,25 @@ def tune_parser():
     parser.add_argument("--ray_address", default=None, help="address of an existing Ray cluster (default: a local one)")
     parser.add_argument("--cpus_per_trial", type=float, default=1, help="Ray: CPUs of each trial (default 1)")
     parser.add_argument("--gpus_per_trial", type=float, default=0, help="Ray: GPUs of each trial (default 0)")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="hyperopt: processes (DDP) of each trial on this machine (default 1; Ray trials are one process)")
+    parser.add_argument("--port", default="5678", help="with --nproc > 1: the DDP rendezvous port")
     return parser
+
+
+def trial_objective(nproc, port, tool):
+    """The objective of each trial: one process (None: the default), or ``nproc`` DDP processes."""
+    if nproc == 1:
+        return None
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be a positive integer (processes of each trial), got {nproc}")
+    if tool == "ray":
+        raise ConfigError("--nproc applies to --tool=hyperopt; Ray trials run one process each")
+    import functools
+
+    from recbole_linear.quick_start import ddp_objective_function
+
+    return functools.partial(ddp_objective_function, nproc=nproc, port=port)
 
 
 def cli_main(argv):
@@ -709,6 +748,7 @@ def cli_main(argv):
         ray_address=args.ray_address,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
+        objective=trial_objective(args.nproc, args.port, args.tool),
     )
     return 0
 

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from recbole_linear.errors import RecBoleLinearError
 from recbole_linear.hyper_space import _RESERVED_COLUMNS, plain, trial_key
+from recbole_linear.run_table import relative_path, resolve_path
 
 
 class TrialFailedError(RecBoleLinearError):
@@ -33,7 +34,8 @@ class TrialStore:
 
     The ``params`` column (canonical JSON) is the trial's identity; the other columns are for
     reading: one per parameter, ``valid_score`` (the valid metric), ``valid_<metric>`` and
-    ``test_<metric>`` for every metric, size, epochs, seconds, checkpoint, finish time.
+    ``test_<metric>`` for every metric, size, epochs, seconds, checkpoint (stored relative to the
+    file's folder, so that the folder can move; read back as a full path), finish time.
     """
 
     def __init__(self, path):
@@ -57,6 +59,7 @@ class TrialStore:
             except (KeyError, TypeError, ValueError):
                 dropped += 1
                 continue
+            record["checkpoint"] = resolve_path(record["checkpoint"], self.folder) or None
             self._remember(record)
         self._header = header
         if dropped or (text and not text.endswith("\n")):
@@ -97,12 +100,17 @@ class TrialStore:
         test = [m for m in metrics if m.startswith("test_")]
         return ["trial", *names, "valid_score", *valid, *test, *_RESERVED_COLUMNS[2:]]
 
-    @staticmethod
-    def _row(record, header):
+    @property
+    def folder(self):
+        return os.path.dirname(self.path) or "."
+
+    def _row(self, record, header):
         params = record["params"]
         row = []
         for column in header:
-            if column in _RESERVED_COLUMNS:
+            if column == "checkpoint":
+                value = relative_path(record.get("checkpoint"), self.folder) or None
+            elif column in _RESERVED_COLUMNS:
                 value = json.dumps(plain(params)) if column == "params" else record.get(column)
             elif column in params:
                 value = params[column]

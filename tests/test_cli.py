@@ -92,3 +92,10 @@ def test_help_lists_subcommands_and_options(tmp_path):
     assert result.returncode == 0
     for option in ("--model", "--dataset", "--config_files", "--nproc", "--world_size", "--ip", "--port"):
         assert option in result.stdout
+    # the subcommands, each with what it does, and how RecBole settings are given
+    lines = result.stdout.splitlines()
+    for subcommand in ("tune", "compare", "evaluate"):
+        assert any(line.startswith(f"  {subcommand}  ") for line in lines), subcommand
+        assert f"run_recbole_linear.py {subcommand} --" in result.stdout
+    assert "{tune,compare,evaluate}" in lines[2]
+    assert "--key=value: every argument of this form" in result.stdout and "'--epochs 50' is refused" in result.stdout

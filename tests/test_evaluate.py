@@ -98,10 +98,12 @@ def test_evaluate_command_writes_one_row_per_checkpoint_and_setting(saved_lrurec
     runs_dir = tmp_path / "cmp"
     runs_dir.mkdir()
     with open(runs_dir / "runs.csv", "w", newline="") as f:  # a compare folder with one finished run
-        writer = csv.DictWriter(f, fieldnames=["run_id", "status", "checkpoint"])
+        columns = ["run_id", "model", "seed", "status", "test_ndcg@10", "best_valid_score", "checkpoint", "finished_at"]
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
-        writer.writerow({"run_id": "LRURec-seed2020-abc", "status": "ok", "checkpoint": model_file})
-        writer.writerow({"run_id": "SASRec-seed2020-abc", "status": "failed", "checkpoint": ""})
+        writer.writerow({"run_id": "LRURec-seed2020-0123abcd", "model": "LRURec", "seed": 2020, "status": "ok",
+                         "test_ndcg@10": 0.1, "best_valid_score": 0.1, "checkpoint": model_file, "finished_at": "x"})
+        writer.writerow({"run_id": "SASRec-seed2020-0123abcd", "model": "SASRec", "seed": 2020, "status": "failed"})
 
     assert main(["evaluate", f"--runs={runs_dir}", "--eval_mask_history=True"]) == 0
     assert main(["evaluate", f"--runs={runs_dir}", "--eval_mask_history=True"]) == 0  # replaces its row
@@ -109,14 +111,14 @@ def test_evaluate_command_writes_one_row_per_checkpoint_and_setting(saved_lrurec
     with open(runs_dir / "evaluate.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["run_id"], r["settings"]) for r in rows] == [
-        ("LRURec-seed2020-abc", "eval_mask_history=True"), ("LRURec-seed2020-abc", ""),
+        ("LRURec-seed2020-0123abcd", "eval_mask_history=True"), ("LRURec-seed2020-0123abcd", ""),
     ]
     assert_rounded_equal(
         {k[len("test_"):]: v for k, v in rows[0].items() if k.startswith("test_")},
         reference_test_metrics(model_file, mask_window=True),
     )
     assert float(rows[1]["test_ndcg@10"]) == saved_lrurec["test_result"]["ndcg@10"]
-    assert "[1/1] LRURec LRURec-seed2020-abc  test recall@10=" in capsys.readouterr().out
+    assert "[1/1] LRURec LRURec-seed2020-0123abcd  test recall@10=" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -60,14 +60,14 @@ def test_spawned_child_resolves_plugin_models():
 def test_stock_recbole_objective_function_trains_a_plugin_model(tiny_run_dict, tmp_path, monkeypatch):
     """RecBole's own objective_function (its Config, get_model, Trainer) finds and trains LRURec.
 
-    RecBole's Config does not know the plugin's property files; the model fills in its own
-    defaults. RecBole requires loss_type and (for CE) no negative sampling up front.
+    RecBole's Config does not know the plugin's property files; the class declares its input
+    type and the model fills in its own defaults. As for SASRec, CE wants no negative sampling.
     """
     from recbole.quick_start import objective_function
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["prog"])  # RecBole's Config reads sys.argv
-    config_dict = dict(tiny_run_dict, model="LRURec", dataset="tiny", loss_type="CE", train_neg_sample_args=None)
+    config_dict = dict(tiny_run_dict, model="LRURec", dataset="tiny", train_neg_sample_args=None)
     for key in ("inner_size", "n_heads", "embedding_size"):
         config_dict.pop(key)
     result = objective_function(config_dict=config_dict, saved=False)

@@ -113,7 +113,7 @@ class GLINTRU(SequentialRecommender):
         self.mixing_dropout_prob = config["mixing_dropout_prob"]
         self.layer_norm_eps = config["layer_norm_eps"]
         self.loss_type = config["loss_type"]
-        self._check_config()
+        self.check_config(config)
 
         # define layers and loss
         # (official names and creation order: official checkpoints load, one seed gives one init)
@@ -164,22 +164,26 @@ class GLINTRU(SequentialRecommender):
         # parameters initialization
         self.apply(self._init_weights)
 
-    def _check_config(self):
-        if self.embedding_size != self.hidden_size:
+    @staticmethod
+    def check_config(config):
+        """ConfigError (one line) for settings the model cannot be built with; the plugin's config
+        calls it before any data loads, ``__init__`` again for configs built elsewhere."""
+        embedding_size, hidden_size, n_heads = config["embedding_size"], config["hidden_size"], config["n_heads"]
+        if embedding_size != hidden_size:
             raise ConfigError(
-                f"GLINTRU needs embedding_size == hidden_size (got {self.embedding_size} and {self.hidden_size})"
+                f"GLINTRU needs embedding_size == hidden_size (got {embedding_size} and {hidden_size})"
             )
-        if self.hidden_size % self.n_heads != 0:
+        if hidden_size % n_heads != 0:
             raise ConfigError(
-                f"GLINTRU needs hidden_size divisible by n_heads (got {self.hidden_size} and {self.n_heads})"
+                f"GLINTRU needs hidden_size divisible by n_heads (got {hidden_size} and {n_heads})"
             )
-        if self.hidden_size < 2:
-            raise ConfigError(f"GLINTRU needs hidden_size >= 2 for the d/2 gate (got {self.hidden_size})")
-        kernel = self.conv_kernel_size
+        if hidden_size < 2:
+            raise ConfigError(f"GLINTRU needs hidden_size >= 2 for the d/2 gate (got {hidden_size})")
+        kernel = config["conv_kernel_size"]
         if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1 or kernel % 2 == 0:
             raise ConfigError(f"GLINTRU needs a positive odd conv_kernel_size for 'same' padding (got {kernel!r})")
-        if self.loss_type not in ("BPR", "CE"):
-            raise ConfigError(f"GLINTRU needs loss_type 'BPR' or 'CE' (got {self.loss_type!r})")
+        if config["loss_type"] not in ("BPR", "CE"):
+            raise ConfigError(f"GLINTRU needs loss_type 'BPR' or 'CE' (got {config['loss_type']!r})")
 
     def _same_conv(self):
         """Conv1d over the sequence axis, symmetric padding: output length = input length."""

@@ -21,6 +21,10 @@ from recbole.model.loss import BPRLoss
 
 from recbole_linear.layers.linear_attention import LinearMultiHeadAttention
 from recbole_linear.config import fill_model_defaults
+from recbole_linear.errors import ConfigError
+
+# the activations RecBole's FeedForward.get_hidden_act knows
+ACT2FN_NAMES = ("gelu", "relu", "swish", "tanh", "sigmoid")
 
 
 class LinearTransformerLayer(nn.Module):
@@ -103,10 +107,17 @@ class LinRec(SequentialRecommender):
       positions <= t, computed in chunks of ``linrec_chunk_size``. The official model is
       non-causal by design; the read-out uses only the last real position, whose history is
       the whole (non-padded) input, so the target does not leak.
+    - Training: RecBole's last-position loss on prefix samples by default. With
+      ``linrec_causal: True`` the model is causal and can also train every position of a window at
+      once (``train_all_positions: True``, see :mod:`recbole_linear.all_positions`); the official
+      code trains RecBole's prefixes.
     - ``attn_dropout_prob`` is read but unused, exactly as in the official code, which defines an
       attention dropout and never applies it.
-    - The official repository evaluates with ``pop100`` sampled metrics; this model evaluates with
-      whatever the RecBole config says (full ranking unless told otherwise).
+    - Evaluation is not part of the model: it follows the RecBole config. The official runs rank
+      every item (full ranking): their ``overall.yaml`` says ``mode: pop100``, but it replaces
+      RecBole's internal ``overall.yaml``, which RecBole's ``quick_start_config/sequential.yaml``
+      overrides with ``mode: full`` for every sequential model (``run.py``'s pop100 line is
+      commented out). ``properties/protocol/linrec-paper.yaml`` holds the official run settings.
 
     Where paper and code may disagree, this follows the code: every key vector is normalised over
     the head dimension (the code's "column-wise" norm of the transposed key layout), not over the
@@ -133,6 +144,7 @@ class LinRec(SequentialRecommender):
         self.use_padding_mask = bool(config["linrec_padding_mask"])
         self.causal = bool(config["linrec_causal"])
         self.chunk_size = config["linrec_chunk_size"]
+        self.check_config(config)
 
         # define layers and loss
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
@@ -162,6 +174,23 @@ class LinRec(SequentialRecommender):
         # parameters initialization
         self.apply(self._init_weights)
 
+    @staticmethod
+    def check_config(config):
+        """ConfigError (one line) for settings the model cannot be built with; the plugin's config
+        calls it before any data loads, ``__init__`` again for configs built elsewhere."""
+        hidden_size, n_heads = config["hidden_size"], config["n_heads"]
+        if hidden_size % n_heads != 0:
+            raise ConfigError(f"LinRec needs hidden_size divisible by n_heads (got {hidden_size} and {n_heads})")
+        if config["hidden_act"] not in ACT2FN_NAMES:
+            raise ConfigError(
+                f"LinRec needs hidden_act in {', '.join(ACT2FN_NAMES)} (got {config['hidden_act']!r})"
+            )
+        if config["loss_type"] not in ("BPR", "CE"):
+            raise ConfigError(f"LinRec needs loss_type 'BPR' or 'CE' (got {config['loss_type']!r})")
+        chunk_size = config["linrec_chunk_size"]
+        if not (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size > 0):
+            raise ConfigError(f"LinRec needs a positive integer linrec_chunk_size (got {config['linrec_chunk_size']!r})")
+
     def _init_weights(self, module):
         """RecBole SASRec's scheme: N(0, initializer_range) weights, zero biases, unit LayerNorm."""
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -173,6 +202,11 @@ class LinRec(SequentialRecommender):
             module.bias.data.zero_()
 
     def forward(self, item_seq, item_seq_len):
+        output = self.sequence_output(item_seq, item_seq_len)
+        return self.gather_indexes(output, item_seq_len - 1)  # [B H]
+
+    def sequence_output(self, item_seq, item_seq_len):
+        """Every position's representation, ``[B, L, H]`` (causal only with ``linrec_causal``)."""
         position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
         position_ids = position_ids.unsqueeze(0).expand_as(item_seq)
         position_embedding = self.position_embedding(position_ids)
@@ -186,9 +220,7 @@ class LinRec(SequentialRecommender):
         padding_mask = item_seq != 0
 
         trm_output = self.trm_encoder(input_emb, padding_mask, output_all_encoded_layers=True)
-        output = trm_output[-1]
-        output = self.gather_indexes(output, item_seq_len - 1)
-        return output  # [B H]
+        return trm_output[-1]
 
     def calculate_loss(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]

@@ -17,6 +17,7 @@ from recbole.model.loss import BPRLoss
 
 from recbole_linear.layers.lru import LRUBlock, truncated_normal_
 from recbole_linear.config import fill_model_defaults
+from recbole_linear.errors import ConfigError
 
 
 class LRURec(SequentialRecommender):
@@ -42,9 +43,11 @@ class LRURec(SequentialRecommender):
            only inside ``forward``/``step``; the computation is unchanged.
         2. Im(b_C) is dropped: the output ``Re(C h + b_C)`` does not depend on it (its gradient
            is identically zero officially), so every remaining parameter gets a gradient.
-        3. Training: RecBole's last-position loss on prefix-augmented samples (one target per
-           prefix), not the official loss at every position of non-overlapping ``max_len``
-           windows (which also trains the prediction of the first item from padding).
+        3. Training: by default RecBole's last-position loss on prefix-augmented samples (one
+           target per prefix). ``train_all_positions: True`` trains every position of
+           non-overlapping windows at once, as officially, except that the official code also
+           trains the first item of a window from padding and drops the heads of long
+           sequences (see :mod:`recbole_linear.all_positions`).
         4. Padding: RecBole pads on the right and this model reads position
            ``item_length - 1``; the official code pads on the left (to ``max_len``, then to
            a power of two) and reads the last position. The scan here pads on the right to a
@@ -83,6 +86,7 @@ class LRURec(SequentialRecommender):
         self.layer_norm_eps = config["layer_norm_eps"]
         self.initializer_range = config["initializer_range"]
         self.loss_type = config["loss_type"]
+        self.check_config(config)
 
         # define layers and loss
         # no padding_idx: row 0 is trainable, as officially
@@ -114,6 +118,17 @@ class LRURec(SequentialRecommender):
 
         # parameters initialization
         self._truncated_normal_init()
+
+    @staticmethod
+    def check_config(config):
+        """ConfigError (one line) for settings the model cannot be built with; the plugin's config
+        calls it before any data loads, ``__init__`` again for configs built elsewhere."""
+        r_min, r_max = config["r_min"], config["r_max"]
+        numbers = all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in (r_min, r_max))
+        if not (numbers and 0 <= r_min <= r_max < 1):  # |lambda| = 1 would make log(-log|lambda|) infinite
+            raise ConfigError(f"LRURec needs 0 <= r_min <= r_max < 1 for the ring init (got r_min={r_min!r}, r_max={r_max!r})")
+        if config["loss_type"] not in ("BPR", "CE"):
+            raise ConfigError(f"LRURec needs loss_type 'BPR' or 'CE' (got {config['loss_type']!r})")
 
     def _truncated_normal_init(self):
         """Official init: truncated normal for all but LayerNorms and LRU log-params.
@@ -156,6 +171,14 @@ class LRURec(SequentialRecommender):
         # (position-wise) run there alone
         return self.lru_blocks[-1](hidden, output_index=item_seq_len - 1)  # [B H]
 
+    def sequence_output(self, item_seq, item_seq_len):
+        """Every position's representation, ``[B, longest, H]`` (the all-position training regime)."""
+        longest = int(item_seq_len.max())
+        hidden = self.embed(item_seq[:, :longest])
+        for lru_block in self.lru_blocks:
+            hidden = lru_block(hidden)
+        return hidden
+
     def scores_from_output(self, seq_output):
         """Scores of every item from user representations: ``h E^T + b_o``, ``[B n_items]``."""
         return torch.addmm(self.output_bias, seq_output, self.item_embedding.weight.t())
@@ -167,13 +190,13 @@ class LRURec(SequentialRecommender):
         pos_items = interaction[self.POS_ITEM_ID]
         if self.loss_type == "BPR":
             neg_items = interaction[self.NEG_ITEM_ID]
-            pos_score = self._item_scores(seq_output, pos_items)
-            neg_score = self._item_scores(seq_output, neg_items)
+            pos_score = self.item_scores(seq_output, pos_items)
+            neg_score = self.item_scores(seq_output, neg_items)
             return self.loss_fct(pos_score, neg_score)
         # self.loss_type == 'CE'
         return self.loss_fct(self.scores_from_output(seq_output), pos_items)
 
-    def _item_scores(self, seq_output, items):
+    def item_scores(self, seq_output, items):
         """Score of one item per user, ``[B]``."""
         return (seq_output * self.item_embedding(items)).sum(dim=-1) + self.output_bias[items]
 
@@ -182,7 +205,7 @@ class LRURec(SequentialRecommender):
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         test_item = interaction[self.ITEM_ID]
         seq_output = self.forward(item_seq, item_seq_len)
-        return self._item_scores(seq_output, test_item)
+        return self.item_scores(seq_output, test_item)
 
     def full_sort_predict(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]

@@ -1,0 +1,45 @@
+"""Everything about a run that can be checked before training, for commands that start many runs.
+
+``compare`` trains each run in its own process; without this, a misspelt model name or key, or a
+model setting the model refuses, surfaced only when that run's turn came, after the runs before it
+had trained. :func:`check_runs` builds each distinct run's config up front (model name, every key
+against the known keys, values, the model's own ``check_config``) and checks the dataset's files.
+"""
+import os
+
+from recbole_linear.config import create_config
+from recbole_linear.errors import RecBoleLinearError
+
+
+def check_run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None):
+    """The config of one run, or the run's one-line error (RecBoleLinearError)."""
+    from recbole_linear.quick_start import check_dataset
+
+    # RecBole's Config sets CUDA_VISIBLE_DEVICES from gpu_id; a check must leave the process as it was
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        config = create_config(model, dataset, config_file_list, config_dict, cmd_args)
+    finally:
+        if visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    check_dataset(config)
+    return config
+
+
+def check_runs(runs):
+    """Check each distinct (model, settings) of a ``compare`` plan once; seeds change nothing checked."""
+    checked = set()
+    for run in runs:
+        key = (run.model, tuple(sorted(run.overrides.items())))
+        if key in checked:
+            continue
+        checked.add(key)
+        cmd_args = [f"--{k}={v}" for k, v in run.overrides.items()]
+        try:
+            check_run(run.model, run.dataset, run.config_files, cmd_args=cmd_args)
+        except RecBoleLinearError as e:
+            if run.model in str(e):
+                raise
+            raise type(e)(f"{run.model}: {e}") from e

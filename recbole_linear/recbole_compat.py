@@ -1,0 +1,132 @@
+"""Plugin models under RecBole's own entry points (``Config``, ``run_recbole``, ``objective_function``).
+
+RecBole's ``Config`` reads model defaults only from ``recbole/properties/model/<Model>.yaml``, so a
+config it builds for a plugin model lacks the plugin's property file. Three things follow, each
+handled here without touching RecBole's code:
+
+1. ``Config`` needs the model's input type before any model exists: from the class attribute
+   ``input_type`` or else from ``loss_type``. :func:`declare_input_type` gives each plugin class the
+   input type of its property file's ``loss_type`` (CE -> pointwise), so no ``loss_type`` is needed.
+2. The plugin's defaults (model keys and LRURec's official optimizer: AdamW, weight decay 0.01,
+   eps 1e-9, gradient clipping 5) arrive when the model is built, which in ``run_recbole`` is after
+   ``Config`` and the dataloaders and before the trainer. :func:`adopt_plugin_defaults` gives the
+   config every plugin default the user did not set, with the precedence RecBole would have applied
+   had the file been in its own folder. When the user sets ``loss_type: BPR``, the input type follows.
+3. RecBole picks ``recbole.trainer.<Model>Trainer`` when that name exists.
+   :func:`register_trainer` adds that name for each plugin model: the plugin's trainer (checkpoints
+   load on torch >= 2.6, LRURec's optimizer groups and eps) that first rebuilds the training
+   dataloader if the model's input type or negative sampling differ from those RecBole fixed
+   before the model's defaults were known.
+
+These are additions under names RecBole did not have, like the registry's module aliases.
+"""
+import os
+from logging import getLogger
+
+from recbole.data.dataloader import TrainDataLoader
+from recbole.utils import InputType, ModelType
+
+from recbole_linear.errors import ConfigError
+
+_RECBOLE_DIR = os.path.dirname(os.path.abspath(__import__("recbole").__file__))
+_INPUT_TYPES = {"CE": InputType.POINTWISE, "BPR": InputType.PAIRWISE}
+_NO_SAMPLING = {"distribution": "none", "sample_num": "none", "alpha": "none", "dynamic": False, "candidate_num": 0}
+
+
+def input_type_for(loss_type):
+    """RecBole's rule (configurator ``_set_default_parameters``): CE trains pointwise, BPR pairwise."""
+    if loss_type not in _INPUT_TYPES:
+        raise ConfigError(f"invalid value for 'loss_type': {loss_type!r} (expected 'CE' or 'BPR')")
+    return _INPUT_TYPES[loss_type]
+
+
+def declare_input_type(model_class, default_loss_type):
+    """Give ``model_class`` the input type of its default loss, so RecBole's Config needs no loss_type."""
+    model_class.input_type = input_type_for(default_loss_type or "CE")
+
+
+def is_plugin_config(config):
+    from recbole_linear.config import PluginConfig
+
+    return isinstance(config, PluginConfig)
+
+
+def _recbole_yaml(*parts):
+    from recbole_linear.config import read_yaml
+
+    path = os.path.join(_RECBOLE_DIR, "properties", *parts)
+    return read_yaml(path) if os.path.isfile(path) else {}
+
+
+def _keys_recbole_sets_after_model_files(dataset):
+    """Keys RecBole's Config reads after the model's yaml (they would win over it)."""
+    keys = set(_recbole_yaml("dataset", "sample.yaml"))
+    keys |= set(_recbole_yaml("dataset", f"{dataset}.yaml"))
+    keys |= set(_recbole_yaml("quick_start_config", "sequential.yaml"))
+    return keys
+
+
+def adopt_plugin_defaults(config, model_name, defaults):
+    """Apply the plugin's ``defaults`` to a config built by RecBole's own ``Config``.
+
+    A key takes the plugin's value unless the user set it (file, dict or command line) or a file
+    RecBole reads after model yamls sets it. Returns the keys whose value changed.
+    """
+    user_keys = set(getattr(config, "external_config_dict", {}) or {})
+    protected = user_keys | _keys_recbole_sets_after_model_files(config["dataset"])
+    changed = []
+    for key, value in defaults.items():
+        if key in protected or (key in config and config[key] == value):
+            continue
+        config[key] = value
+        changed.append(key)
+    _align_input_type(config, user_keys)
+    if changed:
+        shown = ", ".join(f"{key}={config[key]!r}" for key in changed)
+        getLogger().info(f"recbole-linear: RecBole's Config does not read the plugin's {model_name}.yaml; applied {shown}")
+    return changed
+
+
+def _align_input_type(config, user_keys):
+    """The input type of the (possibly user-set) loss; CE drops RecBole's default sampling as the plugin does."""
+    loss_type = config["loss_type"]
+    config["MODEL_INPUT_TYPE"] = input_type_for(loss_type)
+    sampling = config["train_neg_sample_args"] or {}
+    if loss_type == "CE" and sampling.get("distribution", "none") != "none":
+        if "train_neg_sample_args" in user_keys:
+            # RecBole's own message for SASRec, which its Config skips for a class with input_type
+            raise ConfigError(
+                f"train_neg_sample_args {config['train_neg_sample_args']} should be None when the loss_type is CE"
+            )
+        config["train_neg_sample_args"] = dict(_NO_SAMPLING)
+
+
+def align_train_loader(config, train_data):
+    """The training loader with the model's input type and sampling: ``train_data`` itself, or a
+    new loader over the same dataset and sampler if the model's defaults changed them after it was
+    made. (Its ``update_config`` cannot do it: torch's DataLoader keeps the batch size it was built
+    with, which RecBole divides by the number of rows each sample becomes.)"""
+    if not isinstance(train_data, TrainDataLoader):
+        return train_data
+    if (train_data.dl_format, train_data.neg_sample_args) == (config["MODEL_INPUT_TYPE"], config["train_neg_sample_args"]):
+        return train_data
+    return type(train_data)(config, train_data._dataset, train_data._sampler, shuffle=train_data.shuffle)
+
+
+class RecBoleEntryTrainerMixin:
+    """The trainer RecBole's ``get_trainer`` finds by name for a plugin model."""
+
+    def fit(self, train_data, *args, **kwargs):
+        return super().fit(align_train_loader(self.config, train_data), *args, **kwargs)
+
+
+def register_trainer(model_name):
+    """Expose ``recbole.trainer.<model_name>Trainer``: RecBole's ``get_trainer`` looks that name up first."""
+    import recbole.trainer
+
+    from recbole_linear.trainer import get_trainer
+
+    plugin_trainer = get_trainer(ModelType.SEQUENTIAL, model_name)
+    trainer_class = type(f"{model_name}Trainer", (RecBoleEntryTrainerMixin, plugin_trainer), {})
+    setattr(recbole.trainer, trainer_class.__name__, trainer_class)
+    return trainer_class

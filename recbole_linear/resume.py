@@ -1,0 +1,180 @@
+"""Training that survives interruption: a resume file after every validated epoch, and resuming from it.
+
+RecBole's ``Trainer.fit`` loops ``for epoch_idx in range(self.start_epoch, self.epochs)`` and its
+``resume_checkpoint`` restores the weights, optimizer, epoch, early-stopping counter and best
+score from the *best* checkpoint, which is not the last epoch's state. This module keeps a second
+file, the resume file (``<checkpoint>.resume.pth`` beside the run's checkpoint), rewritten
+atomically after every validation, once RecBole has updated the early-stopping state and saved
+the best checkpoint (the ``callback_fn`` hook of ``fit``). It holds everything a later process
+needs to continue as if never stopped:
+
+- the model and optimizer state, the epoch, ``cur_step`` (validations since the best),
+  ``best_valid_score``, ``best_valid_result`` and the best checkpoint's path (that file stays
+  separate and is not copied);
+- the random states: torch (CPU and CUDA), numpy, Python's ``random`` and the training
+  dataloader's ``generator`` (its shuffling), so a resumed run is bit-identical to an
+  uninterrupted one (with RecBole's default ``reproducibility: True``);
+- the per-epoch training seconds and losses, so a resumed run reports every epoch it trained;
+- a signature of the config: a file written under other settings is ignored (with a warning) and
+  training starts afresh.
+
+A run that is killed loses at most the epoch in progress. If the resume file says training had
+finished (last epoch, or early stopping), ``fit`` returns the saved best result without training
+and without touching the best checkpoint (RecBole's own ``fit`` would overwrite it when
+``start_epoch >= epochs``). The caller removes the file once the run has been tested
+(:func:`discard`). Under DDP only rank 0 writes; resuming DDP runs is not supported.
+"""
+import hashlib
+import json
+import os
+import random
+from logging import getLogger
+
+import numpy as np
+import torch
+
+FORMAT = 1
+# settings that may differ between the interrupted and the resuming process of the same run
+_SIGNATURE_IGNORES = {
+    "data_path", "checkpoint_dir", "saved_model_file", "resume_file", "device", "gpu_id", "use_gpu",
+    "show_progress", "state", "log_wandb", "wandb_project", "worker", "local_rank", "nproc",
+    "world_size", "ip", "port", "offset", "single_spec",
+}
+
+
+def resume_file_for(checkpoint_file):
+    """``saved/run.pth`` -> ``saved/run.resume.pth`` (beside the run's best checkpoint)."""
+    root, ext = os.path.splitext(checkpoint_file)
+    return f"{root}.resume{ext or '.pth'}"
+
+
+def config_signature(config):
+    """A hash of the settings that decide what a run computes (paths and devices left out)."""
+    settings = {k: v for k, v in config.final_config_dict.items() if k not in _SIGNATURE_IGNORES}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+# --- random states --------------------------------------------------------------------------
+def capture_rng_state(train_data=None):
+    """Every random state a training epoch draws from."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "train_generator": None,
+    }
+    generator = getattr(train_data, "generator", None)
+    if isinstance(generator, torch.Generator):
+        state["train_generator"] = generator.get_state()
+    return state
+
+
+def restore_rng_state(state, train_data=None):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator = getattr(train_data, "generator", None)
+    if state["train_generator"] is not None and isinstance(generator, torch.Generator):
+        generator.set_state(state["train_generator"])
+
+
+# --- the resume file ------------------------------------------------------------------------
+def training_finished(trainer, epoch_idx):
+    """Whether ``fit`` ends after ``epoch_idx``: the last epoch, or early stopping triggered."""
+    return epoch_idx + 1 >= trainer.epochs or trainer.cur_step > trainer.stopping_step
+
+
+def save(trainer, epoch_idx, train_data, path):
+    """Write the state after epoch ``epoch_idx`` (validated) to ``path``, atomically."""
+    if not trainer.config["single_spec"] and trainer.config["local_rank"] != 0:
+        return
+    state = {
+        "format": FORMAT,
+        "config_signature": config_signature(trainer.config),
+        "epoch": epoch_idx,
+        "finished": training_finished(trainer, epoch_idx),
+        "cur_step": trainer.cur_step,
+        "best_valid_score": trainer.best_valid_score,
+        "best_valid_result": trainer.best_valid_result,
+        "saved_model_file": trainer.saved_model_file,
+        "state_dict": trainer.model.state_dict(),
+        "other_parameter": trainer.model.other_parameter(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "epoch_train_seconds": list(getattr(trainer, "epoch_train_seconds", [])),
+        "train_loss_dict": dict(trainer.train_loss_dict),
+        "rng": capture_rng_state(train_data),
+    }
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    temporary = f"{path}.tmp"
+    torch.save(state, temporary, pickle_protocol=4)
+    os.replace(temporary, path)  # a kill mid-write leaves the previous resume file intact
+
+
+def load(trainer, path):
+    """The resume state at ``path`` if it belongs to this run's config, else None (logged)."""
+    if not os.path.isfile(path):
+        return None
+    logger = getLogger()
+    try:
+        state = torch.load(path, map_location=trainer.device, weights_only=False)  # our own file
+    except Exception as e:  # a truncated or foreign file: start afresh rather than fail the run
+        logger.warning(f"ignoring unreadable resume file {path}: {type(e).__name__}: {e}")
+        return None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        logger.warning(f"ignoring resume file {path}: not written by this version of recbole_linear")
+        return None
+    if state["config_signature"] != config_signature(trainer.config):
+        logger.warning(f"ignoring resume file {path}: it was written under other settings; training from the start")
+        return None
+    return state
+
+
+def restore(trainer, state, train_data):
+    """Put ``trainer`` (and the random states) where the interrupted run stood after its epoch."""
+    trainer.model.load_state_dict(state["state_dict"])
+    trainer.model.load_other_parameter(state["other_parameter"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.start_epoch = state["epoch"] + 1
+    trainer.cur_step = state["cur_step"]
+    trainer.best_valid_score = state["best_valid_score"]
+    trainer.best_valid_result = state["best_valid_result"]
+    trainer.saved_model_file = state["saved_model_file"]
+    trainer.train_loss_dict = dict(state["train_loss_dict"])
+    if hasattr(trainer, "epoch_train_seconds"):
+        trainer.epoch_train_seconds = list(state["epoch_train_seconds"])
+    restore_rng_state(state["rng"], train_data)
+
+
+def discard(path):
+    """Remove a run's resume file (the run has finished); no error if there is none."""
+    for leftover in (path, f"{path}.tmp"):
+        if os.path.exists(leftover):
+            os.remove(leftover)
+
+
+def resumable_fit(
+    trainer, fit, path, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None
+):
+    """``fit`` (RecBole's ``Trainer.fit``), continued from ``path`` when it holds this run's state,
+    writing the state there after every validation."""
+    state = load(trainer, path)
+    if state is not None:
+        restore(trainer, state, train_data)
+        getLogger().info(f"Resuming from {path}: epoch {state['epoch']} done, training from epoch {trainer.start_epoch}")
+        if state["finished"]:
+            return trainer.best_valid_score, trainer.best_valid_result
+
+    def save_then_callback(epoch_idx, valid_score):
+        save(trainer, epoch_idx, train_data, path)
+        if callback_fn:
+            callback_fn(epoch_idx, valid_score)
+
+    return fit(
+        train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress, callback_fn=save_then_callback
+    )

@@ -55,13 +55,23 @@ def _plain(value):
     return str(value)
 
 
+# config keys holding a file or folder: written relative to the dumped file, so results travel
+PATH_KEYS = ("data_path", "checkpoint_dir", "saved_model_file", "resume_file")
+
+
 def dump_config(config, path):
-    """Write the run's final RecBole config dict as YAML (enums, devices... as strings)."""
+    """Write the run's final RecBole config dict as YAML (enums, devices... as strings), with the
+    paths of :data:`PATH_KEYS` relative to the file's folder."""
     import yaml
 
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    values = _plain(dict(config.final_config_dict))
+    for key in PATH_KEYS:
+        if isinstance(values.get(key), str) and os.path.isabs(values[key]):
+            values[key] = os.path.relpath(values[key], os.path.abspath(folder))
     with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(_plain(dict(config.final_config_dict)), f, sort_keys=True, allow_unicode=True)
+        yaml.safe_dump(values, f, sort_keys=True, allow_unicode=True)
 
 
 class PerUserNDCG:

@@ -114,3 +114,25 @@ def test_evaluate_with_no_checkpoint_at_all_is_one_line(tmp_path, capsys):
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and f"none of the {n_runs} finished runs in '{folder}' has its checkpoint here" in err[0]
     assert not (folder / "evaluate.csv").exists()
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "results", "*", "configs", "*.yaml"))))
+def test_committed_run_configs_store_no_machine_paths(path):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        assert not os.path.isabs(value.strip()), f"{os.path.relpath(path, ROOT)}: {line}"
+
+
+def test_dumped_config_paths_are_relative_to_the_file(tmp_path):
+    from recbole_linear.compare_worker import dump_config
+    from recbole_linear.config import create_config, read_yaml
+
+    config = create_config("SASRec", "ml-100k", config_dict={"checkpoint_dir": str(tmp_path / "saved")})
+    target = tmp_path / "run" / "configs" / "x.yaml"
+    dump_config(config, str(target))
+    dumped = read_yaml(str(target))
+    assert dumped["checkpoint_dir"] == os.path.join("..", "..", "saved")
+    assert not os.path.isabs(dumped["data_path"])
+    assert os.path.samefile(os.path.join(target.parent, dumped["data_path"]), config["data_path"])

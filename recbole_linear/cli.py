@@ -19,9 +19,9 @@ from recbole_linear.errors import ConfigError, RecBoleLinearError
 PROG = "run_recbole_linear.py"
 # subcommand -> module exposing cli_main(argv) -> int
 SUBCOMMANDS = {
-    "tune": "recbole_linear.tune",
-    "compare": "recbole_linear.compare",
-    "evaluate": "recbole_linear.evaluate",
+    "tune": "recbole_linear.workflow.tune",
+    "compare": "recbole_linear.workflow.compare",
+    "evaluate": "recbole_linear.workflow.evaluate",
 }
 
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from scipy.stats import wilcoxon
 
-from recbole_linear import compare, report
+from recbole_linear.workflow import compare, report
 from recbole_linear.config import create_config
 from recbole_linear.errors import ConfigError
 from tests.conftest import TINY_DATASET, tiny_cmd_args
@@ -177,7 +177,9 @@ def test_model_override_reaches_only_that_model(comparison):
         assert config["dataset"] == TINY_DATASET and config["hidden_size"] == 32
         expected = SASREC_LR if row["model"] == "SASRec" else SHARED_LR
         assert config["learning_rate"] == pytest.approx(expected)
-        assert config["saved_model_file"] == os.path.normpath(out / row["checkpoint"])
+        # the dumped config's paths are relative to its own folder, runs.csv's to the run folder
+        config_dir = (out / row["config_file"]).parent
+        assert os.path.normpath(config_dir / config["saved_model_file"]) == os.path.normpath(out / row["checkpoint"])
     hashes = {r["model"]: r["overrides_hash"] for r in ok_rows(out)}
     assert hashes["SASRec"] != hashes["GRU4Rec"]
 
@@ -421,7 +423,7 @@ def test_per_user_ndcg_matches_recbole_evaluator_with_ties_and_several_positives
     from recbole.data.interaction import Interaction
     from recbole.evaluator import Collector, Evaluator
 
-    from recbole_linear.compare_worker import PerUserNDCG
+    from recbole_linear.workflow.compare_worker import PerUserNDCG
 
     config = create_config(
         "SASRec", TINY_DATASET, config_dict={"metrics": ["NDCG"], "topk": [5, 10, 20], "metric_decimal_place": 12}
@@ -452,7 +454,7 @@ def test_per_user_ndcg_on_sampled_evaluation_maps_rows_to_users():
     import torch
     from recbole.data.interaction import Interaction
 
-    from recbole_linear.compare_worker import PerUserNDCG
+    from recbole_linear.workflow.compare_worker import PerUserNDCG
 
     config = create_config("SASRec", TINY_DATASET)
     recorder = PerUserNDCG(config)
@@ -471,7 +473,7 @@ def test_per_user_ndcg_on_sampled_evaluation_maps_rows_to_users():
 
 
 def test_recorder_shadows_batch_eval_on_the_instance_only():
-    from recbole_linear.compare_worker import PerUserNDCG
+    from recbole_linear.workflow.compare_worker import PerUserNDCG
     from recbole_linear.trainer import get_trainer
 
     from recbole.utils import ModelType

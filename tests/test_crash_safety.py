@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 
-from recbole_linear import compare, report
+from recbole_linear.workflow import compare, report
 from recbole_linear.errors import ConfigError
-from recbole_linear.folder_lock import LOCK_NAME, FolderLock, FolderLockedError
-from recbole_linear.run_table import load_runs
+from recbole_linear.workflow.folder_lock import LOCK_NAME, FolderLock, FolderLockedError
+from recbole_linear.workflow.run_table import load_runs
 from tests.conftest import ROOT, TINY_DATASET, tiny_cmd_args
 
 SCRIPT = os.path.join(ROOT, "run_recbole_linear.py")
@@ -55,7 +55,7 @@ def worker_pids(spec_fragment):
                     cmdline = f.read().decode(errors="replace")
             except OSError:
                 continue
-            if "recbole_linear.compare_worker" in cmdline and spec_fragment in cmdline and alive(int(entry)):
+            if "recbole_linear.workflow.compare_worker" in cmdline and spec_fragment in cmdline and alive(int(entry)):
                 pids.append(int(entry))
     return pids
 
@@ -85,7 +85,7 @@ def test_second_lock_on_a_folder_is_refused_in_one_line_naming_the_holder(tmp_pa
 
 def test_lock_of_a_live_process_is_refused(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from recbole_linear.folder_lock import FolderLock; "
+        [sys.executable, "-c", "import sys, time; from recbole_linear.workflow.folder_lock import FolderLock; "
          f"lock = FolderLock({str(tmp_path)!r}, 'tune').acquire(); print('locked', flush=True); time.sleep(60)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
@@ -182,7 +182,7 @@ def test_worker_whose_parent_is_gone_exits_at_once(tmp_path):
     result_file = tmp_path / "result.json"
     spec.write_text(json.dumps({"parent_pid": dead_pid(), "result_file": str(result_file)}))
     start = time.time()
-    process = subprocess.run([sys.executable, "-m", "recbole_linear.compare_worker", str(spec)], cwd=ROOT, timeout=120)
+    process = subprocess.run([sys.executable, "-m", "recbole_linear.workflow.compare_worker", str(spec)], cwd=ROOT, timeout=120)
     assert process.returncode == 128 + signal.SIGTERM and not result_file.exists()
     assert time.time() - start < 60
 
@@ -351,7 +351,7 @@ def test_compare_checkpoint_name_is_per_run_and_folder(tmp_path):
 
 # --- tune: one command per folder too --------------------------------------------------------
 def test_tune_refuses_a_folder_in_use_before_writing_anything(tiny_run_dict, tmp_path, monkeypatch):
-    from recbole_linear import tune as tuning
+    from recbole_linear.workflow import tune as tuning
 
     monkeypatch.chdir(tmp_path)
     space = tmp_path / "space.hyper"

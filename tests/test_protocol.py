@@ -134,7 +134,7 @@ def test_cli_protocol_comes_first_in_config_files():
 
 @pytest.mark.parametrize("subcommand", ["tune", "compare"])
 def test_tune_and_compare_take_protocol_too(subcommand):
-    from recbole_linear import compare, tune
+    from recbole_linear.workflow import compare, tune
 
     parser = {"tune": tune.tune_parser, "compare": compare.build_parser}[subcommand]()
     args, _ = cli.parse_known(parser, ["--model=LRURec", "--models=LRURec", "--protocol=lrurec-paper"])

@@ -20,8 +20,7 @@ import os
 import time
 
 from recbole_linear.errors import ConfigError, RecBoleLinearError
-from recbole_linear.tune import _quiet_import
-from recbole_linear.tune_store import TrialFailedError, execute_trial
+from recbole_linear.workflow.tune_store import TrialFailedError, execute_trial, quiet_import
 
 
 class RayUnavailableError(RecBoleLinearError):
@@ -31,7 +30,7 @@ class RayUnavailableError(RecBoleLinearError):
 def check_ray_environment():
     """One line instead of a deep traceback when Ray cannot work here (checked before any training)."""
     try:
-        _quiet_import("ray.tune")
+        quiet_import("ray.tune")
     except ImportError as e:
         raise RayUnavailableError(f"--tool=ray needs ray[tune]==2.6.3 (RecBole's pin): {e}") from e
     try:
@@ -47,7 +46,7 @@ def check_ray_environment():
 
 
 check_ray_environment()
-Callback = _quiet_import("ray.tune").Callback  # without ray's pkg_resources warning
+Callback = quiet_import("ray.tune").Callback  # without ray's pkg_resources warning
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +128,7 @@ def _first_line(error):
 
 def run_on_ray(run, address=None, cpus_per_trial=1, gpus_per_trial=0):
     """Run the search's pending points on Ray; every result lands in the run's trials.csv."""
-    logger = logging.getLogger("recbole_linear.tune")
+    logger = logging.getLogger("recbole_linear.workflow.tune")
     points = run.proposed_points()
     pending = []
     for number, params in enumerate(points, 1):
@@ -142,9 +141,9 @@ def run_on_ray(run, address=None, cpus_per_trial=1, gpus_per_trial=0):
         logger.info(f"all {len(points)} trials are stored: nothing to send to Ray")
         return
 
-    ray = _quiet_import("ray")
-    tune = _quiet_import("ray.tune")
-    air = _quiet_import("ray.air")
+    ray = quiet_import("ray")
+    tune = quiet_import("ray.tune")
+    air = quiet_import("ray.air")
     storage = os.path.abspath(os.path.join(run.output_dir, "ray"))
     name = f"{run.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = _init_ray(ray, address)

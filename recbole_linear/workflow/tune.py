@@ -22,7 +22,7 @@ A trial is its parameters under the folder's fixed settings. Each one is appende
 there from the file instead of training it (hyperopt gets the stored loss), and refuses to start if
 the fixed settings changed. hyperopt is seeded (``--search_seed``), so a rerun of an interrupted
 random or bayes search proposes the same points again and only the unfinished ones train. One
-command at a time per folder (:mod:`recbole_linear.folder_lock`): a second one is refused before
+command at a time per folder (:mod:`recbole_linear.workflow.folder_lock`): a second one is refused before
 it writes anything; the lock of a command that died is taken over. Trial checkpoints are named
 after the folder, the fixed settings and the trial's parameters, so the same trial tuned into two
 folders writes two files.
@@ -35,7 +35,7 @@ Where this differs from RecBole's ``HyperTuning``:
 - ``exhaustive`` rejects spaces with non-``choice`` parameters (RecBole silently samples them);
 - ``quniform`` values are integers when low, high and q are integers (hyperopt gives floats,
   which ``hidden_size`` cannot take);
-- tied keys (:data:`~recbole_linear.hyper_space.TIED_PARAMS`): when the source key is tuned and
+- tied keys (:data:`~recbole_linear.workflow.hyper_space.TIED_PARAMS`): when the source key is tuned and
   the tied key is not, the tied key takes the same value in every trial (GLINT-RU needs
   ``embedding_size == hidden_size``); the tied values are part of the trial and of ``best_params.yaml``;
 - ``--early_stop=0`` turns RecBole's no-progress early stop off;
@@ -60,8 +60,8 @@ from recbole.utils import set_color
 from recbole_linear.cli import PROG, common_parser, parse_known, split_config_files
 from recbole_linear.config import create_config, read_yaml
 from recbole_linear.errors import ConfigError
-from recbole_linear.folder_lock import FolderLock
-from recbole_linear.hyper_space import (
+from recbole_linear.workflow.folder_lock import FolderLock
+from recbole_linear.workflow.hyper_space import (
     CSV_NAME,
     ParamsFileError,
     params_str,
@@ -73,7 +73,7 @@ from recbole_linear.hyper_space import (
 )
 from recbole_linear.quick_start import check_dataset, objective_function
 from recbole_linear.registry import get_model
-from recbole_linear.tune_store import TrialStore, execute_trial
+from recbole_linear.workflow.tune_store import TrialStore, execute_trial, quiet_import
 
 ALGORITHMS = ("exhaustive", "random", "bayes")
 TOOLS = ("hyperopt", "ray")
@@ -81,20 +81,10 @@ RAY_ALGORITHMS = ("exhaustive", "random")
 
 MD_NAME, BEST_NAME = "trials.md", "best_params.yaml"
 FIXED_NAME, LOG_NAME, HTML_NAME = "fixed_config.yaml", "tune.log", "tuning.html"
-LOGGER_NAME = "recbole_linear.tune"
+LOGGER_NAME = "recbole_linear.workflow.tune"
 
 
 # --- one tuning run -----------------------------------------------------------------------
-def _quiet_import(name):
-    """Import hyperopt/ray without their 'pkg_resources is deprecated' import-time warning."""
-    import importlib
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        return importlib.import_module(name)
-
-
 def _yaml_dump(data, header=""):
     body = yaml.safe_dump(plain(data), sort_keys=False, default_flow_style=False, allow_unicode=True)
     return "".join(f"# {line}\n" for line in header.splitlines()) + body
@@ -143,7 +133,7 @@ class TuningRun:
     @property
     def space(self):
         if self._space is None:
-            _quiet_import("hyperopt")
+            quiet_import("hyperopt")
             self._space = {spec.name: spec.hyperopt() for spec in self.specs}
         return self._space
 
@@ -178,7 +168,7 @@ class TuningRun:
     def hyperopt_algo(self):
         """The suggest function fmin uses (``max_evals`` says how many points)."""
         if self.algo == "bayes":
-            return _quiet_import("hyperopt.tpe").suggest
+            return quiet_import("hyperopt.tpe").suggest
         from recbole.trainer.hyper_tuning import exhaustive_search
 
         # exhaustive: the whole grid; random: the same sampler, without replacement, capped
@@ -188,13 +178,13 @@ class TuningRun:
         """hyperopt's random state for fmin: RandomState up to 0.2.5, a Generator from 0.2.7."""
         import numpy as np
 
-        hyperopt = _quiet_import("hyperopt")
+        hyperopt = quiet_import("hyperopt")
         version = tuple(int(p) for p in re.findall(r"\d+", hyperopt.__version__)[:3])
         return np.random.default_rng(self.search_seed) if version >= (0, 2, 7) else np.random.RandomState(self.search_seed)
 
     def proposed_points(self):
         """The points hyperopt proposes, without training (for Ray): the local search's points."""
-        hyperopt = _quiet_import("hyperopt")
+        hyperopt = quiet_import("hyperopt")
         points = []
 
         def record(raw):
@@ -559,7 +549,7 @@ def prepare(model, dataset="ml-100k", params_file=None, config_file_list=None, c
     params_file = resolve_params_file(model, params_file)
     specs = read_params_file(params_file)
     if tool == "ray":
-        import recbole_linear.tune_ray  # noqa: F401  (RayUnavailableError when ray cannot work here)
+        import recbole_linear.workflow.tune_ray  # noqa: F401  (RayUnavailableError when ray cannot work here)
 
     base_config = _config(model, dataset, config_file_list, config_dict, cmd_args)
     check_dataset(base_config)
@@ -669,7 +659,7 @@ def _tune_prepared(run, ray_address, cpus_per_trial, gpus_per_trial):
             logger.info(f"{len(run.store)} trials already in {run.store.path}: a trial proposed again is not retrained")
         try:
             if run.tool == "ray":
-                from recbole_linear.tune_ray import run_on_ray
+                from recbole_linear.workflow.tune_ray import run_on_ray
 
                 run_on_ray(run, address=ray_address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
             else:
@@ -753,7 +743,7 @@ def cli_main(argv):
     return 0
 
 
-if __name__ == "__main__":  # python -m recbole_linear.tune ...
+if __name__ == "__main__":  # python -m recbole_linear.workflow.tune ...
     from recbole_linear.cli import main
 
     sys.exit(main(["tune", *sys.argv[1:]]))

@@ -1,6 +1,6 @@
 """Trials on disk: ``trials.csv`` (:class:`TrialStore`) and running one trial into a record.
 
-A trial's identity is its parameters as canonical JSON (:func:`~recbole_linear.hyper_space.trial_key`);
+A trial's identity is its parameters as canonical JSON (:func:`~recbole_linear.workflow.hyper_space.trial_key`);
 a rerun into the same folder serves stored trials from the file instead of training them.
 """
 import csv
@@ -11,8 +11,8 @@ import time
 from datetime import datetime
 
 from recbole_linear.errors import RecBoleLinearError
-from recbole_linear.hyper_space import _RESERVED_COLUMNS, plain, trial_key
-from recbole_linear.run_table import relative_path, resolve_path
+from recbole_linear.workflow.hyper_space import _RESERVED_COLUMNS, plain, trial_key
+from recbole_linear.workflow.run_table import relative_path, resolve_path
 
 
 class TrialFailedError(RecBoleLinearError):
@@ -20,6 +20,17 @@ class TrialFailedError(RecBoleLinearError):
 
 
 # --- trials on disk -----------------------------------------------------------------------
+def quiet_import(name):
+    """Import hyperopt/ray without their 'pkg_resources is deprecated' import-time warning."""
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        return importlib.import_module(name)
+
+
 def _cell(value):
     value = plain(value)
     if value is None:

@@ -1,4 +1,4 @@
-"""One run of a comparison in a process of its own: ``python -m recbole_linear.compare_worker SPEC.json``.
+"""One run of a comparison in a process of its own: ``python -m recbole_linear.workflow.compare_worker SPEC.json``.
 
 ``compare`` starts one such process per (model, seed), so that the peak resident memory the
 process reports belongs to that run alone and a crash (an exception, an out-of-memory kill, a
@@ -356,7 +356,7 @@ def die_with_parent(parent_pid):
 
 def main(argv):
     if len(argv) != 1:
-        print("usage: python -m recbole_linear.compare_worker SPEC.json", file=sys.stderr)
+        print("usage: python -m recbole_linear.workflow.compare_worker SPEC.json", file=sys.stderr)
         return 2
     with open(argv[0], "r", encoding="utf-8") as f:
         spec = json.load(f)

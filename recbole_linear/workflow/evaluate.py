@@ -20,10 +20,10 @@ import sys
 import time
 
 from recbole_linear.cli import PROG, parse_known
-from recbole_linear.compare import read_runs, write_csv
+from recbole_linear.workflow.compare import read_runs, write_csv
 from recbole_linear.config import parse_cmd_args
 from recbole_linear.errors import ConfigError, RecBoleLinearError
-from recbole_linear.run_table import RUNS_NAME, load_runs, relative_path, resolve_path
+from recbole_linear.workflow.run_table import RUNS_NAME, load_runs, relative_path, resolve_path
 
 _FIRST_COLUMNS = ["checkpoint", "settings", "run_id", "model", "dataset", "seed"]
 

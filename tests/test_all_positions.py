@@ -311,3 +311,17 @@ def test_training_moves_the_loss_down(tiny_run_dict):
     assert isinstance(train_data, AllPositionTrainDataLoader)
     losses = [trainer._train_epoch(train_data, epoch) for epoch in range(3)]
     assert losses[-1] < losses[0]
+
+
+def test_bpr_run_trains_with_sampled_negatives(tiny_run_dict):
+    from recbole_linear.quick_start import prepare
+
+    config = create_config(
+        "LRURec", TINY_DATASET, config_dict={**tiny_run_dict, "train_all_positions": True, "loss_type": "BPR"}
+    )
+    _, (train_data, _, _), _, trainer = prepare(config)
+    assert train_data.sample_negatives
+    batch = next(iter(train_data))
+    assert "neg_item_id_list" in batch
+    losses = [trainer._train_epoch(train_data, epoch) for epoch in range(3)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]

@@ -181,3 +181,24 @@ def test_evaluate_in_a_fresh_process(saved_lrurec, tmp_path):
     with open(output, newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert float(row["test_ndcg@10"]) == saved_lrurec["test_result"]["ndcg@10"]
+
+
+def test_evaluate_refuses_a_folder_another_command_holds(saved_lrurec, tmp_path, capsys):
+    from recbole_linear.workflow.folder_lock import FolderLock
+
+    runs_dir = tmp_path / "cmp"
+    runs_dir.mkdir()
+    with open(runs_dir / "runs.csv", "w", newline="") as f:
+        columns = ["run_id", "model", "seed", "status", "test_ndcg@10", "best_valid_score", "checkpoint", "finished_at"]
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerow({"run_id": "LRURec-seed2020-0123abcd", "model": "LRURec", "seed": 2020, "status": "ok",
+                         "test_ndcg@10": 0.1, "best_valid_score": 0.1, "checkpoint": saved_lrurec["saved_model_file"],
+                         "finished_at": "x"})
+    with FolderLock(str(runs_dir), "compare"):
+        assert main(["evaluate", f"--runs={runs_dir}"]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and "in use" in error[0]
+        assert not (runs_dir / "evaluate.csv").exists()
+    assert main(["evaluate", f"--runs={runs_dir}"]) == 0  # free again
+    assert (runs_dir / "evaluate.csv").exists() and not (runs_dir / ".recbole_linear.lock").exists()

@@ -24,6 +24,7 @@ from recbole_linear.workflow.compare import read_runs, write_csv
 from recbole_linear.config import parse_cmd_args
 from recbole_linear.errors import ConfigError, RecBoleLinearError
 from recbole_linear.workflow.run_table import RUNS_NAME, load_runs, relative_path, resolve_path
+from recbole_linear.workflow.folder_lock import FolderLock
 
 _FIRST_COLUMNS = ["checkpoint", "settings", "run_id", "model", "dataset", "seed"]
 
@@ -121,7 +122,10 @@ def cli_main(argv):
     args, cmd_args = parse_known(build_parser(), argv)
     targets = targets_from(args.checkpoint, args.runs, out=lambda line: print(line, flush=True))
     output = args.output or (os.path.join(args.runs, "evaluate.csv") if args.runs else "evaluate.csv")
-    evaluate_all(targets, cmd_args, output, out=lambda line: print(line, flush=True))
+    # one writer of evaluate.csv (and no evaluation of a folder a compare is still writing)
+    folder = os.path.dirname(os.path.abspath(output))
+    with FolderLock(folder, "evaluate", warn=lambda line: print(f"evaluate: warning: {line}", flush=True)):
+        evaluate_all(targets, cmd_args, output, out=lambda line: print(line, flush=True))
     return 0
 
 

@@ -104,8 +104,11 @@ def check_launch(config, nproc, world_size, port, group_offset):
 
 
 def make_shared_folders(config):
-    """Create the folders every rank writes into, once, before the ranks start: RecBole's
-    ``ensure_dir`` checks then creates, so two ranks racing on a new folder crash."""
+    """Create the folders every rank writes into: RecBole's ``ensure_dir`` checks then creates,
+    so two ranks racing on a new folder crash with ``FileExistsError``. The launcher calls this
+    before the ranks start and every rank calls it again in :func:`init_process_group` (a rank
+    started by ``torchrun`` or a caller's own ``spawn`` never passes through our launcher);
+    ``exist_ok`` makes the repeat harmless."""
     for folder in (config["checkpoint_dir"], os.path.join("log", config["model"]), "log_tensorboard"):
         os.makedirs(folder, exist_ok=True)
 
@@ -137,6 +140,7 @@ def init_process_group(config_dict):
     else:
         config_dict["device"] = torch.device("cpu")
     config_dict["ddp_backend_used"] = dist.get_backend()
+    make_shared_folders(config_dict)
     config_dict["single_spec"] = False
     if local_rank != 0:
         config_dict["state"] = "error"

@@ -220,6 +220,26 @@ def test_unknown_backend(data_path, tmp_path):
     _assert_one_line_error(result, "invalid value for 'ddp_backend'")
 
 
+def test_every_rank_creates_the_shared_folders_itself(tmp_path, monkeypatch):
+    """A rank that did not come through our launcher (torchrun, a caller's own spawn) still finds
+    its checkpoint and log folders made with ``exist_ok``: RecBole's check-then-create
+    ``ensure_dir`` races between ranks otherwise (FileExistsError seen in CI)."""
+    import torch.distributed as dist
+
+    from recbole_linear.distributed import init_process_group
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # the group "exists": no rendezvous
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    config_dict = {"local_rank": 1, "nproc": 2, "world_size": 2, "gpu_id": "", "ddp_backend": "gloo",
+                   "model": "LRURec", "checkpoint_dir": str(tmp_path / "new" / "saved")}
+    init_process_group(config_dict)
+    assert (tmp_path / "new" / "saved").is_dir()
+    assert (tmp_path / "log" / "LRURec").is_dir()
+    assert config_dict["state"] == "error"  # a non-zero rank logs errors only
+    init_process_group(config_dict)  # the folders already there: no error
+
+
 # --- one step (one epoch) on 2 processes = the same step in one process ----------------------
 def step_config_dict(data_path, checkpoint_dir, all_positions, extra):
     # SGD (its step is proportional to the gradient, unlike Adam's first step), no shuffling: the

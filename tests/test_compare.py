@@ -265,6 +265,9 @@ def test_run_identity_follows_settings(tmp_path):
     assert changed[0].overrides_hash != first[0].overrides_hash  # LRURec's own config changed
     assert changed[2].run_id == first[2].run_id  # SASRec untouched
     assert plan(["--epochs=4"])[2].overrides_hash != first[2].overrides_hash
+    # where the data and checkpoints lie is not what is trained: the same runs, found done elsewhere
+    moved = plan(["--data_path=/elsewhere/datasets", "--checkpoint_dir=/elsewhere/saved"])
+    assert [r.run_id for r in moved] == [r.run_id for r in first]
     shared.write_text("epochs: 5\n")
     assert plan()[2].overrides_hash != first[2].overrides_hash  # the file's contents count
 

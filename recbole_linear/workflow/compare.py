@@ -166,10 +166,17 @@ class Run:
         }
 
 
+# Overrides that say where files are, not what is trained: a comparison rerun from another
+# checkout or machine (another --data_path) finds its runs done instead of training them again.
+LOCATION_KEYS = ("data_path", "checkpoint_dir")
+
+
 def overrides_hash(dataset, config_files, overrides):
-    """8 hex digits over the dataset, the config files' contents (in order) and the overrides."""
+    """8 hex digits over the dataset, the config files' contents (in order) and the overrides,
+    less the :data:`LOCATION_KEYS`."""
     contents = [read_yaml(path) for path in config_files or ()]
-    payload = json.dumps([dataset, contents, sorted(overrides.items())], sort_keys=True, default=str)
+    settings = sorted((k, v) for k, v in overrides.items() if k not in LOCATION_KEYS)
+    payload = json.dumps([dataset, contents, settings], sort_keys=True, default=str)
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:8]
 
 

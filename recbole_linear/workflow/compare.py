@@ -33,7 +33,6 @@ it dies (:func:`recbole_linear.workflow.compare_worker.die_with_parent`); ``runs
 reading (:mod:`recbole_linear.workflow.run_table`: a row cut short runs again, a junk row is dropped). One
 table holds one training regime and one evaluation protocol: mixing them is refused before training.
 """
-import argparse
 import concurrent.futures
 import csv
 import hashlib

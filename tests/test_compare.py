@@ -16,7 +16,7 @@ import pytest
 import yaml
 from scipy.stats import wilcoxon
 
-from recbole_linear.workflow import compare, report
+from recbole_linear.workflow import compare, compare_runner, report
 from recbole_linear.config import create_config
 from recbole_linear.errors import ConfigError
 from tests.conftest import TINY_DATASET, tiny_cmd_args
@@ -216,7 +216,7 @@ def test_model_settings_the_model_refuses_stop_the_command_before_any_run(tiny_d
 def test_crashed_worker_fails_its_run_only(tmp_path, monkeypatch):
     """A worker killed from outside (as by the OOM killer) leaves no result: the run is failed, the next runs."""
     crash = "import os, signal; print('about to die', flush=True); os.kill(os.getpid(), signal.SIGKILL)"
-    monkeypatch.setattr(compare, "worker_command", lambda spec_file: [sys.executable, "-c", crash])
+    monkeypatch.setattr(compare_runner, "worker_command", lambda spec_file: [sys.executable, "-c", crash])
     runs = compare.plan_runs(["SASRec", "GRU4Rec"], [1], TINY_DATASET, None, [], {})
     lines = []
     rows = compare.run_comparison(runs, str(tmp_path / "out"), TINY_DATASET, ["SASRec", "GRU4Rec"], [1], lines.append)
@@ -497,7 +497,7 @@ def test_parallel_jobs_overlap_and_keep_plan_order(tmp_path, monkeypatch):
         f"open(os.path.join({str(stamps)!r}, spec['run_id']), 'w').write(f'{{start}} {{time.time()}} "
         "{os.environ.get(\"OMP_NUM_THREADS\")}'); sys.exit(3)"
     )
-    monkeypatch.setattr(compare, "worker_command", lambda spec_file: [sys.executable, "-c", sleeper, spec_file])
+    monkeypatch.setattr(compare_runner, "worker_command", lambda spec_file: [sys.executable, "-c", sleeper, spec_file])
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     runs = compare.plan_runs(["SASRec", "GRU4Rec"], [1, 2], TINY_DATASET, None, [], {})

@@ -15,7 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from recbole_linear.workflow import compare, report
+import recbole_linear
+from recbole_linear.workflow import compare, compare_runner, report
 from recbole_linear.errors import ConfigError
 from recbole_linear.workflow.folder_lock import LOCK_NAME, FolderLock, FolderLockedError
 from recbole_linear.workflow.run_table import load_runs
@@ -273,7 +274,7 @@ def _refuse_training(monkeypatch):
     def never(spec_file):
         raise AssertionError("a run trained although the comparison was refused")
 
-    monkeypatch.setattr(compare, "worker_command", never)
+    monkeypatch.setattr(compare_runner, "worker_command", never)
 
 
 def test_two_regimes_in_one_comparison_are_refused_before_training(tmp_path, monkeypatch):
@@ -343,10 +344,17 @@ def test_ddp_launch_names_one_unique_checkpoint_for_all_ranks(tiny_data_path, tm
     assert len(set(names)) == 2 and all(os.path.basename(n).startswith("SASRec-") for n in names)
 
 
+def test_worker_imports_this_checkout_from_any_folder():
+    """The worker's PYTHONPATH starts with the folder that holds this very ``recbole_linear``
+    (it pointed inside the package once the workflow modules moved one level down)."""
+    first = compare_runner._worker_env()["PYTHONPATH"].split(os.pathsep)[0]
+    assert os.path.samefile(os.path.join(first, "recbole_linear", "__init__.py"), recbole_linear.__file__)
+
+
 def test_compare_checkpoint_name_is_per_run_and_folder(tmp_path):
     (run,) = compare.plan_runs(["SASRec"], [1], TINY_DATASET, None, [], {})
-    a, b = compare.checkpoint_name(run, str(tmp_path / "a")), compare.checkpoint_name(run, str(tmp_path / "b"))
-    assert a != b and a.startswith(run.run_id + "-") and a == compare.checkpoint_name(run, str(tmp_path / "a"))
+    a, b = compare_runner.checkpoint_name(run, str(tmp_path / "a")), compare_runner.checkpoint_name(run, str(tmp_path / "b"))
+    assert a != b and a.startswith(run.run_id + "-") and a == compare_runner.checkpoint_name(run, str(tmp_path / "a"))
 
 
 # --- tune: one command per folder too --------------------------------------------------------

@@ -9,7 +9,7 @@ result (JSON) holds RecBole's best-valid and test metrics and the run's facts, o
 The run is exactly ``run_recbole_linear.py --model=M --config_files=... <overrides>`` (same
 config, seed, data pipeline, trainer, evaluator), except:
 - the checkpoint is named after the run and its output folder: ``<checkpoint_dir>/<checkpoint_name>``
-  (``<run_id>-<folder hash>.pth``, see ``compare.checkpoint_name``);
+  (``<run_id>-<folder hash>.pth``, see ``compare_runner.checkpoint_name``);
 - the best checkpoint is loaded before the test evaluation, which is timed, and which also
   records every test user's NDCG@10 from the same full-sort scores RecBole's evaluator ranks
   (:class:`PerUserNDCG`);

@@ -312,28 +312,22 @@ def _number(value, digits=METRIC_DIGITS):
     return f"{value:.{digits}f}"
 
 
-def _md_metric(cell):
+def _metric_cell(cell, dash, best, second, plus_minus):
+    """``mean ± std`` of one table cell, the best mean in ``best`` and the runner-up in ``second``
+    (format strings around ``{}``), ``dash`` where the model has no finished run."""
     if cell is None:
-        return "–"
+        return dash
     mean, std, mark = cell
-    shown = _number(mean)
-    if mark == "best":
-        shown = f"**{shown}**"
-    elif mark == "second":
-        shown = f"<u>{shown}</u>"
-    return shown if std is None else f"{shown} ± {_number(std)}"
+    shown = {"best": best, "second": second}.get(mark, "{}").format(_number(mean))
+    return shown if std is None else f"{shown}{plus_minus}{_number(std)}"
+
+
+def _md_metric(cell):
+    return _metric_cell(cell, "–", "**{}**", "<u>{}</u>", " ± ")
 
 
 def _tex_metric(cell):
-    if cell is None:
-        return "--"
-    mean, std, mark = cell
-    shown = _number(mean)
-    if mark == "best":
-        shown = rf"\textbf{{{shown}}}"
-    elif mark == "second":
-        shown = rf"\underline{{{shown}}}"
-    return shown if std is None else rf"{shown} $\pm$ {_number(std)}"
+    return _metric_cell(cell, "--", r"\textbf{{{}}}", r"\underline{{{}}}", r" $\pm$ ")
 
 
 def _p_cell(table, entry, dash):

@@ -69,7 +69,7 @@ def _recbole_defaults(name):
     return read_yaml(os.path.join(os.path.dirname(recbole.__file__), "properties", "model", f"{name}.yaml"))
 
 
-def _model(name, loss_type):
+def _model(name, loss_type, **overrides):
     small = {"hidden_size": 16, "embedding_size": 16, "inner_size": 32, "n_layers": 2, "n_heads": 2}
     if name == "SASRec":
         model_cls, config = SASRec, _recbole_defaults("SASRec")
@@ -80,6 +80,7 @@ def _model(name, loss_type):
     else:
         model_cls, config = LRURec, load_model_defaults("LRURec")
     config.update(base_config(max_len=MAX_LEN), **small, loss_type=loss_type)
+    config.update(overrides)
     torch.manual_seed(0)
     model = model_cls(config, FakeDataset(N_ITEMS)).double()
     if hasattr(model, "output_bias"):
@@ -139,22 +140,44 @@ def test_all_position_loss_is_the_mean_of_recboles_prefix_losses(name, loss_type
     torch.testing.assert_close(ours, recbole_loss, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
 @pytest.mark.parametrize("name", MODELS)
-def test_padding_changes_nothing(name):
-    model = _model(name, "CE")
+def test_padding_changes_nothing(name, loss_type):
+    model = _model(name, loss_type)
+    negatives = NEGATIVES if loss_type == "BPR" else None
     short, long_ = _windows([2, 5], seed=1), _windows([MAX_LEN], seed=2)
     mixed = Interaction({k: torch.cat([short[k], long_[k]]) for k in short.interaction})
     with torch.no_grad():
-        # the short windows carry more padding in the mixed batch (LRURec cuts columns to the
-        # longest row); per-target losses must not care: sum over the batch = sum of the parts
-        parts = 7 * all_position_loss(model, short, TARGETS) + MAX_LEN * all_position_loss(model, long_, TARGETS)
-        whole = (7 + MAX_LEN) * all_position_loss(model, mixed, TARGETS)
-        # whatever sits in the target and negative columns at padding is never read
+        # LRURec cuts columns to the longest row, so its short windows carry more padding in the
+        # mixed batch: per-target losses must not care (sum over the batch = sum of the parts)
+        parts = 7 * all_position_loss(model, short, TARGETS, negatives) + MAX_LEN * all_position_loss(
+            model, long_, TARGETS, negatives)
+        whole = (7 + MAX_LEN) * all_position_loss(model, mixed, TARGETS, negatives)
+        # whatever sits at padding (input items, targets, negatives) is never read: a causal model's
+        # real positions precede the padding of right-padded windows
         noisy = Interaction(dict(mixed.interaction))
         padding = torch.arange(MAX_LEN).unsqueeze(0) >= noisy[ITEM_SEQ_LEN].unsqueeze(1)
-        noisy[TARGETS] = noisy[TARGETS].masked_fill(padding, 3)
-        torch.testing.assert_close(all_position_loss(model, noisy, TARGETS), whole / (7 + MAX_LEN))
+        g = torch.Generator().manual_seed(3)
+        for field in (ITEM_SEQ, TARGETS, NEGATIVES):
+            garbage = torch.randint(1, N_ITEMS, noisy[field].shape, generator=g)
+            noisy[field] = torch.where(padding, garbage, noisy[field])
+        assert int(padding.sum()) > MAX_LEN  # there is padding, and now it holds real item ids
+        torch.testing.assert_close(all_position_loss(model, noisy, TARGETS, negatives), whole / (7 + MAX_LEN),
+                                   rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(whole, parts, rtol=1e-10, atol=1e-10)
+
+
+def test_padding_test_catches_a_model_that_reads_padding():
+    """Control for the test above: LinRec without ``linrec_causal`` attends to later positions, so
+    item ids at padding change its losses at real positions."""
+    model = _model("LinRec", "CE", linrec_causal=False)
+    windows = _windows([2, 5, MAX_LEN], seed=1)
+    padding = torch.arange(MAX_LEN).unsqueeze(0) >= windows[ITEM_SEQ_LEN].unsqueeze(1)
+    noisy = Interaction(dict(windows.interaction))
+    noisy[ITEM_SEQ] = torch.where(padding, torch.full_like(padding, 7, dtype=torch.long), noisy[ITEM_SEQ])
+    with torch.no_grad():
+        clean, dirty = all_position_loss(model, windows, TARGETS), all_position_loss(model, noisy, TARGETS)
+    assert (clean - dirty).abs() > 1e-6
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -162,9 +185,7 @@ def test_gradients_reach_the_encoder(name):
     model = _model(name, "CE").train()
     all_position_loss(model, _windows([MAX_LEN, 4]), TARGETS).backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    if name in ("SASRec", "LinRec"):  # positions past the longest window are never used
-        no_grad = [n for n in no_grad if n != "position_embedding.weight"]
-    assert no_grad == []
+    assert no_grad == []  # a full window uses every position embedding too
 
 
 # ---- config ----------------------------------------------------------------------------------
@@ -268,6 +289,17 @@ def test_overlapping_windows_train_the_same_targets(tiny_train_dataset, tiny_dat
     _, _, train = tiny_train_dataset
     loader = AllPositionTrainDataLoader(config, train, shuffle=False)
     assert loader.n_targets == len(train) and loader.sample_size > len(build_windows(train, 4)[0])
+    # per user, the trained targets (context positions have target 0) in order are RecBole's
+    window_users, inputs, targets, lengths = build_windows(train, 4, overlap=2)
+    train_users = train.inter_feat[train.uid_field].numpy()
+    train_targets = train.inter_feat[train.iid_field].numpy()
+    overlapping = 0
+    for user in np.unique(train_users):
+        windows = np.flatnonzero(window_users == user)
+        ours = np.concatenate([targets[w, : lengths[w]][targets[w, : lengths[w]] > 0] for w in windows])
+        np.testing.assert_array_equal(ours, train_targets[train_users == user])
+        overlapping += int(sum((targets[w, : lengths[w]] == 0).sum() for w in windows))
+    assert overlapping > 0  # some windows do start with context-only positions
 
 
 def test_overlap_must_leave_a_target_per_window():

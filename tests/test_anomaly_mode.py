@@ -3,6 +3,9 @@
 The mode is a debugging aid: it must change no number (SASRec's loss and gradients are checked
 bit for bit) while it costs time, so the plugin's default is off, for baselines and plugin models alike.
 """
+import subprocess
+import sys
+
 import torch
 
 import recbole.model.sequential_recommender  # noqa: F401  (its SINE module enables anomaly mode)
@@ -14,7 +17,11 @@ from recbole.model.sequential_recommender import SASRec
 
 
 def test_recbole_import_enables_anomaly_mode_and_default_is_off():
-    torch.autograd.set_detect_anomaly(True)  # as importing RecBole's models leaves it
+    # in a fresh interpreter: this process imported RecBole's models long ago
+    code = ("import torch; before = torch.is_anomaly_enabled(); import recbole.model.sequential_recommender; "
+            "print(before, torch.is_anomaly_enabled())")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert shown == ["False", "True"]
     assert create_config("SASRec", "ml-100k")["detect_anomaly"] is False
 
 

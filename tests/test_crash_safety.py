@@ -332,16 +332,17 @@ def test_runs_started_in_the_same_second_get_their_own_checkpoint(tiny_data_path
 
 def test_ddp_launch_names_one_unique_checkpoint_for_all_ranks(tiny_data_path, tmp_path, monkeypatch):
     from recbole_linear import quick_start
+    from recbole_linear import trainer as trainer_module
 
     launched = []
     monkeypatch.setattr(quick_start.distributed, "spawn", lambda worker, args, nproc: launched.append(args))
-    monkeypatch.setattr(quick_start, "get_local_time", lambda: "same-second", raising=False)
+    monkeypatch.setattr(trainer_module, "get_local_time", lambda: "same-second")  # both in one second
     config_dict = {"data_path": tiny_data_path, "checkpoint_dir": str(tmp_path / "saved"), "load_col":
                    {"inter": ["user_id", "item_id", "timestamp"]}}
     for _ in range(2):
         quick_start.run("SASRec", TINY_DATASET, config_dict=dict(config_dict), nproc=2)
     names = [args[3]["config_dict"]["saved_model_file"] for args in launched]
-    assert len(set(names)) == 2 and all(os.path.basename(n).startswith("SASRec-") for n in names)
+    assert len(set(names)) == 2 and all(os.path.basename(n).startswith("SASRec-same-second-") for n in names)
 
 
 def test_worker_imports_this_checkout_from_any_folder():

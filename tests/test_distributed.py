@@ -220,6 +220,37 @@ def test_unknown_backend(data_path, tmp_path):
     _assert_one_line_error(result, "invalid value for 'ddp_backend'")
 
 
+@pytest.mark.parametrize(
+    "cuda, gpus, settings, nproc, expected",
+    [
+        (False, 0, {"gpu_id": "0,1"}, 2, ("gloo", False)),  # this machine: no CUDA
+        (True, 2, {"gpu_id": "0,1"}, 2, ("nccl", True)),  # one GPU per process
+        (True, 2, {"gpu_id": "0"}, 2, ("gloo", False)),  # fewer gpu_ids than processes
+        (True, 1, {"gpu_id": "0,1"}, 2, ("gloo", False)),  # fewer devices than processes
+        (True, 2, {"gpu_id": "0,1", "use_gpu": False}, 2, ("gloo", False)),
+        (True, 2, {"gpu_id": "0,1", "ddp_backend": "gloo"}, 2, ("gloo", True)),  # gloo forced on GPUs
+        (True, 4, {"gpu_id": "0,1,2,3", "ddp_backend": "nccl"}, 4, ("nccl", True)),
+    ],
+)
+def test_backend_follows_the_gpus_each_process_gets(monkeypatch, cuda, gpus, settings, nproc, expected):
+    """The GPU branch of the backend choice, with CUDA's answers simulated (no GPU here)."""
+    from recbole_linear.distributed import resolve_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert resolve_backend(dict(settings), nproc) == expected
+
+
+def test_nccl_is_refused_when_a_process_would_have_no_gpu(monkeypatch):
+    from recbole_linear.distributed import resolve_backend
+    from recbole_linear.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="ddp_backend nccl needs 2 GPUs"):
+        resolve_backend({"gpu_id": "0,1", "ddp_backend": "nccl"}, 2)
+
+
 def test_every_rank_creates_the_shared_folders_itself(tmp_path, monkeypatch):
     """A rank that did not come through our launcher (torchrun, a caller's own spawn) still finds
     its checkpoint and log folders made with ``exist_ok``: RecBole's check-then-create

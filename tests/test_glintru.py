@@ -96,6 +96,8 @@ def test_initialisation_follows_official_code():
     for linear in linears:
         n_out, n_in = linear.weight.shape
         assert linear.weight.abs().max() <= math.sqrt(6.0 / (n_in + n_out))
+        if linear.weight.numel() >= 512:  # enough draws to tell xavier's std from PyTorch's 1/sqrt(3 n_in)
+            assert linear.weight.std().item() == pytest.approx(math.sqrt(2.0 / (n_in + n_out)), rel=0.15)
         assert torch.count_nonzero(linear.bias) == 0
     # GRU: layer 0 re-initialised xavier-uniform, bound sqrt(6 / (d + 3d)) > PyTorch's 1 / sqrt(d);
     # layer 1 keeps PyTorch's U(-1/sqrt(d), 1/sqrt(d))
@@ -226,18 +228,20 @@ def test_swapping_expert_weights_changes_the_output():
     """weights[0] is the GRU expert's: a model whose attention weight is ~0 ignores the attention."""
     model = small_model().eval()
     interaction = batch()
+    seq, seq_len = interaction["item_id_list"], interaction["item_length"]
     with torch.no_grad():
-        model.weights.copy_(torch.tensor([30.0, -30.0]))
-        before = model(interaction["item_id_list"], interaction["item_length"])
+        model.weights.copy_(torch.tensor([30.0, -30.0]))  # the GRU expert only
+        before = model(seq, seq_len)
         model.linearattention.value.weight.mul_(3.0)
-        after = model(interaction["item_id_list"], interaction["item_length"])
-        torch.testing.assert_close(before, after)
-        model.weights.copy_(torch.tensor([-30.0, 30.0]))
+        torch.testing.assert_close(before, model(seq, seq_len))  # the attention expert is ignored
         model.gru_layers.weight_hh_l0.mul_(3.0)
-        before = model(interaction["item_id_list"], interaction["item_length"])
+        assert (model(seq, seq_len) - before).abs().max() > 1e-3  # the GRU expert is read
+        model.weights.copy_(torch.tensor([-30.0, 30.0]))  # the attention expert only
+        before = model(seq, seq_len)
         model.gru_layers.weight_hh_l0.mul_(0.1)
-        after = model(interaction["item_id_list"], interaction["item_length"])
-        torch.testing.assert_close(before, after)
+        torch.testing.assert_close(before, model(seq, seq_len))  # the GRU expert is ignored
+        model.linearattention.value.weight.mul_(3.0)
+        assert (model(seq, seq_len) - before).abs().max() > 1e-3  # the attention expert is read
 
 
 def test_both_residual_sites_share_one_layernorm():
@@ -329,3 +333,26 @@ def test_eval_is_deterministic_and_train_is_not():
     with torch.no_grad():
         noisy = model.full_sort_predict(interaction)
     assert (noisy - first).abs().max() > 1e-3
+
+
+def test_dropouts_sit_where_the_official_code_puts_them_in_train_mode():
+    """Train mode, every dropout at 0.5: the attention expert's output, the mixed representation
+    (the gated MLP's input) and the model's output are each LayerNorm-normalised (LN weights 1,
+    biases 0 at init), so each dropout acts before its residual LayerNorm, as officially; the
+    gate's dropout is its last layer (it scales the gate before it multiplies the GRU branch)."""
+    model = small_model(dropout_prob=0.5, hidden_dropout_prob=0.5, mixing_dropout_prob=0.5, layer_norm_eps=1e-12).train()
+    seen = {}
+    model.linearattention.register_forward_hook(lambda m, args, out: seen.__setitem__("attention", out))
+    model.dense3.register_forward_hook(lambda m, args, out: seen.__setitem__("mixed", args[0]))
+    interaction = batch()
+    output = model(interaction["item_id_list"], interaction["item_length"])
+    for name, value in (("attention", seen["attention"]), ("mixed", seen["mixed"]), ("output", output)):
+        torch.testing.assert_close(value.mean(-1), torch.zeros(value.shape[:-1]), rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(value.var(-1, unbiased=False), torch.ones(value.shape[:-1]), rtol=0, atol=1e-3, msg=name)
+    assert isinstance(model.selective_gate[-1], nn.Dropout) and model.selective_gate[-1].p == 0.5
+    # and dropout is on: a second pass draws other masks
+    assert not torch.equal(model(interaction["item_id_list"], interaction["item_length"]), output)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(interaction["item_id_list"], interaction["item_length"]),
+                           model(interaction["item_id_list"], interaction["item_length"]))

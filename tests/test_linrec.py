@@ -260,3 +260,25 @@ def test_importing_plugin_leaves_sasrec_and_bert4rec_bit_identical():
     with_plugin = _run_recbole_models("with_plugin")
     assert [line.split()[0] for line in without_plugin] == ["SASRec", "BERT4Rec"]
     assert with_plugin == without_plugin
+
+
+def test_dropouts_sit_before_each_residual_layer_norm_in_train_mode():
+    """Train mode, hidden dropout 0.5: every attention and feed-forward sub-layer output is still
+    LayerNorm-normalised (LN weights 1, biases 0 at init), so its dropout acts before the residual
+    LayerNorm, as in the official code (and RecBole's SASRec); the embedding's dropout acts after
+    its LayerNorm, as there, so the encoder input is not normalised."""
+    model = tiny_linrec(hidden_dropout_prob=0.5, layer_norm_eps=1e-12).train()
+    outputs = []
+    for layer in model.trm_encoder.layer:
+        for sub_layer in (layer.multi_head_attention, layer.feed_forward):
+            sub_layer.register_forward_hook(lambda m, args, out: outputs.append(out))
+    encoder_input = []
+    model.trm_encoder.register_forward_hook(lambda m, args, out: encoder_input.append(args[0]))
+    interaction = batch([[3, 5, 7, 9], [2, 4], list(range(1, 21))], 20)
+    model(interaction[ITEM_SEQ], interaction[ITEM_SEQ_LEN])
+    assert len(outputs) == 2 * len(model.trm_encoder.layer)
+    for value in outputs:
+        torch.testing.assert_close(value.mean(-1), torch.zeros(value.shape[:-1], dtype=value.dtype), rtol=0, atol=1e-8)
+        torch.testing.assert_close(value.var(-1, unbiased=False), torch.ones(value.shape[:-1], dtype=value.dtype),
+                                   rtol=0, atol=1e-6)
+    assert (encoder_input[0].var(-1, unbiased=False) - 1).abs().max() > 0.1  # dropout after the embedding's LN

@@ -171,6 +171,8 @@ def test_state_shape_and_dtype_do_not_grow_with_history():
 # padding
 # ---------------------------------------------------------------------------------------
 def test_scores_do_not_depend_on_max_item_list_length():
+    """15 more padding columns (the scan pads 35 to 64 instead of 20 to 32) change no score. forward
+    cuts columns past the longest row, so the blocks are also run here on all 35 columns uncut."""
     short = make_model(max_len=MAX_LEN).eval()
     long = make_model(max_len=35, seed=123).eval()
     long.load_state_dict(short.state_dict())
@@ -178,6 +180,11 @@ def test_scores_do_not_depend_on_max_item_list_length():
     long_seq = F.pad(batch[ITEM_SEQ], (0, 35 - MAX_LEN))
     long_batch = Interaction({ITEM_SEQ: long_seq, ITEM_SEQ_LEN: batch[ITEM_SEQ_LEN], POS_ITEM_ID: batch[POS_ITEM_ID]})
     with torch.no_grad():
+        hidden = long.embed(long_seq)  # [B, 35, H]: padding columns pass through every scan
+        for lru_block in long.lru_blocks[:-1]:
+            hidden = lru_block(hidden)
+        uncut = long.lru_blocks[-1](hidden, output_index=batch[ITEM_SEQ_LEN] - 1)
+        torch.testing.assert_close(short(batch[ITEM_SEQ], batch[ITEM_SEQ_LEN]), uncut, rtol=0, atol=1e-6)
         torch.testing.assert_close(
             short.full_sort_predict(batch), long.full_sort_predict(long_batch), rtol=0, atol=1e-6
         )
@@ -357,7 +364,12 @@ def test_optimizer_param_groups_follow_the_official_no_decay_rule():
     not_decayed = {names[id(p)] for p in groups[1]["params"]}
     assert groups[0]["weight_decay"] == 0.01 and groups[1]["weight_decay"] == 0.0
     assert decayed.isdisjoint(not_decayed) and decayed | not_decayed == set(names.values())
-    assert not_decayed == {n for n in names.values() if "bias" in n or "layer_norm" in n}
+    # written out, not derived from the rule: every bias and every LayerNorm parameter, nothing else
+    per_block = ["feed_forward.layer_norm.bias", "feed_forward.layer_norm.weight", "feed_forward.w_1.bias",
+                 "feed_forward.w_2.bias", "lru_layer.in_proj_bias_imag", "lru_layer.in_proj_bias_real",
+                 "lru_layer.layer_norm.bias", "lru_layer.layer_norm.weight", "lru_layer.out_proj_bias"]
+    assert not_decayed == {"embedding_layer_norm.bias", "embedding_layer_norm.weight", "output_bias"} | {
+        f"lru_blocks.{i}.{name}" for i in range(2) for name in per_block}
     for i in range(2):
         for name in ("nu_log", "theta_log", "gamma_log", "in_proj_weight_imag", "out_proj_weight_real"):
             assert f"lru_blocks.{i}.lru_layer.{name}" in decayed

@@ -155,3 +155,58 @@ def test_evaluate_data_path_means_what_run_data_path_means(tiny_data_path, tmp_p
     fresh = create_config("SASRec", TINY_DATASET, cmd_args=[f"--data_path={tiny_data_path}"])
     assert moved["data_path"] == fresh["data_path"] == os.path.join(tiny_data_path, TINY_DATASET)
     check_dataset(moved)
+
+
+# keys the plugin's shared code reads that no property file may define: the DDP launcher sets them
+# per process (RecBole's run_recboles does the same), or Config sets them while it is built
+_SET_AT_RUN_TIME = {
+    "local_rank", "nproc", "world_size", "ip", "port", "offset",  # the launcher, per process
+    "single_spec", "ddp_backend_used", "verbose",  # Config / distributed.init_process_group
+    "trial_index",  # a Ray trial's own config (tune_ray), not a RecBole config
+}
+# RecBole's own keys that RecBole itself reads with no default anywhere (Dataset: open(encoding=None))
+_RECBOLE_WITHOUT_DEFAULT = {"encoding"}
+# read by shared code, defined by each model's own file (every model has a loss_type; the key
+# linrec_causal is read only when the model is LinRec)
+_MODEL_FILE_KEYS = {"loss_type", "linrec_causal"}
+
+
+def test_every_key_shared_code_reads_has_a_default_in_an_overall_file():
+    """A key the trainer, the data checks or the workflow read for every model has its default in
+    RecBole's or the plugin's overall/dataset defaults, not only in one model's yaml (LinRec and
+    GLINT-RU once read ``optimizer_eps`` with no default anywhere but LRURec's file)."""
+    import glob
+
+    from recbole_linear import paths
+
+    recbole_properties = os.path.join(known_keys._RECBOLE_DIR, "properties")
+    defaults = set(known_keys._RUNTIME_KEYS)
+    for pattern in ("overall.yaml", "dataset/sample.yaml", "quick_start_config/*.yaml"):
+        defaults |= known_keys._yaml_keys(os.path.join(recbole_properties, pattern))
+    defaults |= known_keys._yaml_keys(os.path.join(paths.properties_dir(), "overall.yaml"))
+    shared_code = [p for p in glob.glob(os.path.join(known_keys._PLUGIN_DIR, "**", "*.py"), recursive=True)
+                   if os.sep + "model" + os.sep not in p and not p.endswith("known_keys.py")]  # its docstring shows config["key"]
+    read = set()
+    for path in shared_code:
+        with open(path, encoding="utf-8") as f:
+            read |= set(known_keys._KEY_READ.findall(f.read()))
+    assert {"optimizer_eps", "saved_model_file", "train_all_positions"} <= read  # the scan sees them
+    assert sorted(read - defaults - _SET_AT_RUN_TIME - _MODEL_FILE_KEYS - _RECBOLE_WITHOUT_DEFAULT) == []
+
+
+@pytest.mark.parametrize("model", ["LRURec", "LinRec", "GLINTRU"])
+def test_every_key_a_model_reads_has_a_default_in_its_files(model):
+    """Each plugin model's ``config[...]`` keys are defined by RecBole's or the plugin's defaults or
+    the model's own yaml, so RecBole's own Config (stock ``run_recbole``) finds them all."""
+    from recbole_linear import paths
+
+    recbole_properties = os.path.join(known_keys._RECBOLE_DIR, "properties")
+    defaults = set(known_keys._RUNTIME_KEYS)
+    for pattern in ("overall.yaml", "dataset/sample.yaml"):
+        defaults |= known_keys._yaml_keys(os.path.join(recbole_properties, pattern))
+    for name in ("overall.yaml", os.path.join("model", f"{model}.yaml")):
+        defaults |= known_keys._yaml_keys(os.path.join(paths.properties_dir(), name))
+    with open(os.path.join(known_keys._PLUGIN_DIR, "model", f"{model.lower()}.py"), encoding="utf-8") as f:
+        read = set(known_keys._KEY_READ.findall(f.read()))
+    assert "hidden_size" in read
+    assert sorted(read - defaults) == []

@@ -228,6 +228,21 @@ def test_crashed_worker_fails_its_run_only(tmp_path, monkeypatch):
     assert not list((tmp_path / "out" / "logs").glob("*.json"))  # spec and result files cleaned up
 
 
+def test_a_rerun_appends_to_the_runs_log(tmp_path, monkeypatch):
+    """A run that starts again (resumed after a kill, or retried) keeps what it logged before."""
+    worker = "import sys; print('attempt of', sys.argv[1].rsplit('/', 1)[-1], flush=True); sys.exit(3)"
+    monkeypatch.setattr(compare_runner, "worker_command", lambda spec_file: [sys.executable, "-c", worker, spec_file])
+    runs = compare.plan_runs(["SASRec"], [1], TINY_DATASET, None, [], {})
+    for _ in range(2):
+        (row,) = compare.run_comparison(runs, str(tmp_path / "out"), TINY_DATASET, ["SASRec"], [1], lambda line: None)
+        assert row["error"] == f"worker exited with status 3: attempt of {runs[0].run_id}.spec.json"
+    with open(tmp_path / "out" / "logs" / f"{runs[0].run_id}.log", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    starts = [line for line in lines if line.startswith(compare_runner.ATTEMPT_MARK)]
+    assert len(starts) == 2 and all(runs[0].run_id in line for line in starts)
+    assert lines.count(f"attempt of {runs[0].run_id}.spec.json") == 2
+
+
 # --- planning and arguments ------------------------------------------------------------------
 def test_model_config_values_reach_recbole_config_with_their_types():
     model_config = {

@@ -20,7 +20,7 @@ The output folder (default ``saved/compare/<dataset>/``, outside the repository'
   config, the checkpoint and the files below (paths relative to the folder, so it can move);
 - ``summary.md`` / ``summary.tex``: see :mod:`recbole_linear.workflow.report`;
 - ``configs/<run_id>.yaml`` the final config of each run, ``per_user/<run_id>.npz`` each test
-  user's NDCG@10 (arrays ``user``, ``ndcg@10``), ``logs/<run_id>.log`` the run's output.
+  user's NDCG@10 (arrays ``user``, ``ndcg@10``), ``logs/<run_id>.log`` the run's output (appended at every start).
 
 A run is identified by ``<model>-seed<seed>-<hash>``, the hash covering the dataset, the contents
 of the config files and the run's overrides (shared and per-model). Rerunning the same command

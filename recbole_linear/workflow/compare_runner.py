@@ -13,8 +13,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import recbole_linear
+
+ATTEMPT_MARK = "==== "  # starts the line each worker start adds to the run's log
+
 
 def _worker_env(threads=None):
     """The worker must import this very package, even when it is not installed; ``threads`` caps its
@@ -101,7 +105,10 @@ def execute(run, output_dir, threads=None):
         json.dump(spec, f, indent=1)
     if os.path.exists(result_file):
         os.remove(result_file)
-    with open(files["log_file"], "w", encoding="utf-8") as log:
+    # appended, not replaced: a run resumed after an interruption keeps the epochs it logged before
+    with open(files["log_file"], "a", encoding="utf-8") as log:
+        log.write(f"{ATTEMPT_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')} compare worker started for {run.run_id} ====\n")
+        log.flush()
         process = WORKERS.start(
             worker_command(spec_file), stdout=log, stderr=subprocess.STDOUT, env=_worker_env(threads),
         )
@@ -126,7 +133,7 @@ def execute(run, output_dir, threads=None):
 def _last_line(path):
     try:
         with open(path, "r", encoding="utf-8", errors="replace") as f:
-            lines = [line.strip() for line in f if line.strip()]
+            lines = [line.strip() for line in f if line.strip() and not line.startswith(ATTEMPT_MARK)]
         return lines[-1] if lines else "no output"
     except OSError:
         return "no output"

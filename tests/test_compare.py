@@ -536,3 +536,31 @@ def test_parallel_jobs_overlap_and_keep_plan_order(tmp_path, monkeypatch):
 def test_jobs_must_be_positive(tmp_path):
     with pytest.raises(ConfigError, match="--jobs"):
         compare.run_comparison([], str(tmp_path), TINY_DATASET, [], [], lambda line: None, jobs=0)
+
+
+def test_validation_curve_reads_recboles_log_including_a_resumed_run(tmp_path):
+    from recbole_linear.workflow.run_log import validation_curve
+
+    log = tmp_path / "run.log"
+    log.write_text(
+        "==== 2026-12-01 10:00:00 compare worker started for X ====\n"
+        "01 Dec 10:44    INFO  epoch 3 evaluating [time: 15.40s, valid_score: 0.085200]\n"
+        "01 Dec 10:44    INFO  valid result: \n"
+        "\x1b[1;34mrecall@10\x1b[0m : 0.0852    recall@20 : 0.1276    ndcg@10 : 0.046    ndcg@20 : 0.0566\n"
+        "01 Dec 10:50    INFO  epoch 7 evaluating [time: 14.00s, valid_score: 0.117800]\n"
+        "01 Dec 10:50    INFO  valid result: \n"
+        "recall@10 : 0.1178    recall@20 : 0.1715    ndcg@10 : 0.0646    ndcg@20 : 0.0781\n"
+        "==== 2026-12-01 11:00:00 compare worker started for X ====\n"  # resumed from epoch 3's save
+        "01 Dec 11:05    INFO  epoch 7 evaluating [time: 14.10s, valid_score: 0.117900]\n"
+        "01 Dec 11:05    INFO  valid result: \n"
+        "recall@10 : 0.1179    recall@20 : 0.1716    ndcg@10 : 0.0647    ndcg@20 : 0.0782\n"
+        "01 Dec 11:11    INFO  epoch 11 evaluating [time: 14.20s, valid_score: 0.120000]\n"
+        "01 Dec 11:11    INFO  valid result: \n"
+        "recall@10 : 0.12    recall@20 : 0.18    ndcg@10 : 0.066    ndcg@20 : 0.08\n",
+        encoding="utf-8",
+    )
+    curve = validation_curve(log)
+    assert [e["epoch"] for e in curve] == [3, 7, 11]
+    assert curve[0] == {"epoch": 3, "seconds": 15.4, "valid_score": 0.0852, "recall@10": 0.0852,
+                        "recall@20": 0.1276, "ndcg@10": 0.046, "ndcg@20": 0.0566}
+    assert curve[1]["recall@10"] == 0.1179 and curve[2]["ndcg@10"] == 0.066  # the resumed epoch 7 counts

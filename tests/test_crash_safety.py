@@ -402,7 +402,9 @@ def test_ctrl_c_ends_compare_its_worker_and_its_lock(tiny_data_path, tmp_path):
     """Workers lead their own process groups (a terminal's Ctrl-C reaches only compare): compare
     kills them on KeyboardInterrupt and releases the folder."""
     out = tmp_path / "out"
-    overrides = tiny_cmd_args(tiny_data_path, checkpoint_dir=tmp_path / "ckpt")
+    # a run far longer than the test: the worker is still training when Ctrl-C comes (a 1-epoch
+    # run could finish between being seen and the signal on a loaded machine, and compare exit 0)
+    overrides = tiny_cmd_args(tiny_data_path, checkpoint_dir=tmp_path / "ckpt", epochs=100000, stopping_step=100000)
     (run,) = compare.plan_runs(["SASRec"], [1], TINY_DATASET, None, overrides, {})
     command = subprocess.Popen(
         [sys.executable, SCRIPT, "compare", "--models=SASRec", "--seeds=1", f"--dataset={TINY_DATASET}",

@@ -137,7 +137,7 @@ _CHECKS = {
     "epochs": (_non_negative_int, "a non-negative integer"),
     "train_batch_size": (_positive_int, "a positive integer"),
     "eval_batch_size": (_positive_int, "a positive integer"),
-    "eval_step": (_positive_int, "a positive integer"),
+    "eval_step": (_non_negative_int, "a non-negative integer; 0 trains without validation, as in RecBole"),
     "stopping_step": (_positive_int, "a positive integer"),
     "learning_rate": (_positive_number, "a positive number"),
     "weight_decay": (_non_negative_number, "a non-negative number"),

@@ -1,12 +1,14 @@
-"""Training that survives interruption: a resume file after every validated epoch, and resuming from it.
+"""Training that survives interruption: a resume file after every epoch, and resuming from it.
 
 RecBole's ``Trainer.fit`` loops ``for epoch_idx in range(self.start_epoch, self.epochs)`` and its
 ``resume_checkpoint`` restores the weights, optimizer, epoch, early-stopping counter and best
 score from the *best* checkpoint, which is not the last epoch's state. This module keeps a second
 file, the resume file (``<checkpoint>.resume.pth`` beside the run's checkpoint), rewritten
-atomically after every validation, once RecBole has updated the early-stopping state and saved
-the best checkpoint (the ``callback_fn`` hook of ``fit``). It holds everything a later process
-needs to continue as if never stopped:
+atomically after every epoch: after a validated epoch once RecBole has updated the early-stopping
+state and saved the best checkpoint (the ``callback_fn`` hook of ``fit``), after any other epoch
+once its loss is recorded (``PluginTrainerMixin.after_epoch_fn``). With ``eval_step: 9`` a run
+cut off therefore loses the epoch in progress, not up to nine. The file holds everything a later
+process needs to continue as if never stopped:
 
 - the model and optimizer state, the epoch, ``cur_step`` (validations since the best),
   ``best_valid_score``, ``best_valid_result`` and the best checkpoint's path (that file stays
@@ -88,8 +90,9 @@ def training_finished(trainer, epoch_idx):
     return epoch_idx + 1 >= trainer.epochs or trainer.cur_step > trainer.stopping_step
 
 
-def save(trainer, epoch_idx, train_data, path):
-    """Write the state after epoch ``epoch_idx`` (validated) to ``path``, atomically."""
+def save(trainer, epoch_idx, train_data, path, validates=True):
+    """Write the state after epoch ``epoch_idx`` to ``path``, atomically. ``validates``: whether
+    the run has validation (if not, RecBole's fit saves the checkpoint after every epoch)."""
     if not trainer.config["single_spec"] and trainer.config["local_rank"] != 0:
         return
     state = {
@@ -97,6 +100,7 @@ def save(trainer, epoch_idx, train_data, path):
         "config_signature": config_signature(trainer.config),
         "epoch": epoch_idx,
         "finished": training_finished(trainer, epoch_idx),
+        "validates": validates,
         "cur_step": trainer.cur_step,
         "best_valid_score": trainer.best_valid_score,
         "best_valid_result": trainer.best_valid_result,
@@ -162,19 +166,33 @@ def resumable_fit(
     trainer, fit, path, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None
 ):
     """``fit`` (RecBole's ``Trainer.fit``), continued from ``path`` when it holds this run's state,
-    writing the state there after every validation."""
+    writing the state there after every epoch."""
+    validates = trainer.eval_step > 0 and bool(valid_data)  # RecBole's own test in fit
     state = load(trainer, path)
     if state is not None:
         restore(trainer, state, train_data)
         getLogger().info(f"Resuming from {path}: epoch {state['epoch']} done, training from epoch {trainer.start_epoch}")
         if state["finished"]:
+            if saved and not state.get("validates", True):
+                # without validation fit saves the checkpoint after this file: a kill in between left
+                # the previous epoch's weights there
+                trainer._save_checkpoint(state["epoch"], verbose=verbose)
             return trainer.best_valid_score, trainer.best_valid_result
 
+    def save_unvalidated_epoch(epoch_idx):
+        if not validates or (epoch_idx + 1) % trainer.eval_step != 0:  # validated epochs: after early stopping
+            save(trainer, epoch_idx, train_data, path, validates)
+
     def save_then_callback(epoch_idx, valid_score):
-        save(trainer, epoch_idx, train_data, path)
+        save(trainer, epoch_idx, train_data, path, validates)
         if callback_fn:
             callback_fn(epoch_idx, valid_score)
 
-    return fit(
-        train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress, callback_fn=save_then_callback
-    )
+    trainer.after_epoch_fn = save_unvalidated_epoch
+    try:
+        return fit(
+            train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
+            callback_fn=save_then_callback,
+        )
+    finally:
+        trainer.after_epoch_fn = None

@@ -14,7 +14,7 @@ It also:
   and waits for rank 0 to finish writing it before any rank reads it;
 - records each epoch's training time in ``epoch_train_seconds``;
 - after :meth:`PluginTrainerMixin.enable_resume`, continues an interrupted ``fit`` from its resume
-  file and rewrites that file after every validated epoch (:mod:`recbole_linear.resume`);
+  file and rewrites that file after every epoch (:mod:`recbole_linear.resume`);
 - with ``eval_mask_history: True``, ranks a sequential model's full-sort scores without the items of
   each user's input window, the official LRURec evaluation protocol (RecBole masks only id 0 for
   sequential models; for other models it already masks the user's whole history).
@@ -95,6 +95,15 @@ class PluginTrainerMixin:
         self.epoch_train_seconds.append(time() - start)
         return loss
 
+    after_epoch_fn = None  # set by resume.resumable_fit for the length of one fit: called after every epoch
+
+    def _add_train_loss_to_tensorboard(self, epoch_idx, losses, tag="Loss/Train"):
+        # RecBole's fit calls this once per epoch, after it has recorded and logged the epoch's loss
+        # and before it validates: the one place where a hook sees every epoch, validated or not.
+        super()._add_train_loss_to_tensorboard(epoch_idx, losses, tag)
+        if self.after_epoch_fn is not None:
+            self.after_epoch_fn(epoch_idx)
+
     def _wait_for_checkpoint(self):
         if not self.config["single_spec"] and torch.distributed.is_initialized():
             torch.distributed.barrier()
@@ -138,11 +147,11 @@ class PluginTrainerMixin:
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
     # --- surviving interruption (recbole_linear.resume) ----------------------------------------
-    resume_file = None  # set by enable_resume: fit then continues from it and rewrites it every epoch
+    resume_file = None  # set by enable_resume: fit then continues from it and rewrites it after every epoch
 
     def enable_resume(self, resume_file):
         """Make ``fit`` resumable: continue from ``resume_file`` when it holds this run's state, and
-        write the state there after every validation (see :mod:`recbole_linear.resume`)."""
+        write the state there after every epoch (see :mod:`recbole_linear.resume`)."""
         if not self.config["single_spec"]:
             raise ConfigError("resuming an interrupted run is not supported under DDP")
         if not isinstance(self, Trainer):  # e.g. the decision-tree trainers: no epochs to resume

@@ -1,4 +1,4 @@
-"""Interrupted runs resume from their last validated epoch, bit-identical to an uninterrupted run.
+"""Interrupted runs resume from their last finished epoch, bit-identical to an uninterrupted run.
 
 A ``compare`` worker (``python -m recbole_linear.workflow.compare_worker``) trains LRURec for 4 epochs on
 the tiny dataset with dropout and shuffling, so every epoch draws random numbers. A second
@@ -6,7 +6,8 @@ worker is really killed (SIGKILL, by a wrapper of the plugin's own code in that 
 in the middle of epoch 2 (0-based), after the resume file of epoch 1 was written; a third one
 resumes it. Its training losses of epochs 2 and 3, its best-valid and test metrics, per-user
 NDCG and best checkpoint must equal the uninterrupted run's exactly; a resume without the saved
-random states must not (so the equality is not trivial).
+random states must not (so the equality is not trivial). With validation every second epoch,
+a run killed during epoch 3 resumes from epoch 3, not from its last validation (epoch 1).
 """
 import json
 import os
@@ -41,8 +42,8 @@ spec_file, kill_after = sys.argv[1], int(sys.argv[2])
 original_save, original_loss = resume.save, LRURec.calculate_loss
 armed, batches = [], []
 
-def save_then_arm(trainer, epoch_idx, train_data, path):
-    original_save(trainer, epoch_idx, train_data, path)
+def save_then_arm(trainer, epoch_idx, train_data, path, *rest):
+    original_save(trainer, epoch_idx, train_data, path, *rest)
     if epoch_idx == kill_after:
         armed.append(epoch_idx)
         if epoch_idx + 1 == trainer.epochs:
@@ -60,7 +61,7 @@ sys.exit(compare_worker.main([spec_file]))
 """
 
 
-def write_spec(folder, data_path):
+def write_spec(folder, data_path, eval_step=1):
     """A compare worker spec for the 4-epoch run writing into ``folder``."""
     os.makedirs(folder, exist_ok=True)
     spec = {
@@ -77,6 +78,7 @@ def write_spec(folder, data_path):
             loss_decimal_place=10,
             train_batch_size=32,
             show_progress=False,
+            eval_step=eval_step,
         ),
         "config_file": os.path.join(folder, "config.yaml"),
         "per_user_file": os.path.join(folder, "per_user.npz"),
@@ -209,6 +211,79 @@ def test_run_killed_after_its_last_epoch_resumes_without_training(tiny_data_path
     assert result["best_valid_result"] == uninterrupted["result"]["best_valid_result"]
 
 
+# --- validation every second epoch: the resume file is written after the epochs between validations too
+@pytest.fixture(scope="module")
+def uninterrupted_every_second(tiny_data_path, tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("uninterrupted-2"))
+    write_spec(folder, tiny_data_path, eval_step=2)
+    result, output = run_worker(folder)
+    return {"folder": folder, "result": result, "losses": train_losses(output), "output": output}
+
+
+def test_killed_between_validations_resumes_from_the_epoch_it_finished(
+    tiny_data_path, tmp_path, uninterrupted_every_second
+):
+    reference = uninterrupted_every_second
+    assert len(re.findall(r"epoch \d+ evaluating", reference["output"])) == 2  # epochs 1 and 3 validated
+    folder = str(tmp_path)
+    write_spec(folder, tiny_data_path, eval_step=2)
+    killed = train_losses(kill_worker(folder, kill_after=2))  # epoch 2 is not validated; killed in epoch 3
+    assert sorted(killed) == [0, 1, 2]
+    state = load_checkpoint(paths_of(folder)[1])
+    assert (state["epoch"], state["finished"], state["cur_step"]) == (2, False, 0)
+    assert dict(state["best_valid_result"]) == validation_results(reference["output"])[0]  # epoch 1's
+
+    result, output = run_worker(folder)
+    assert train_losses(output) == {3: reference["losses"][3]}  # only the epoch in progress was lost
+    assert result["resumed_from_epoch"] == 3 and result["epochs_trained"] == EPOCHS
+    assert result["best_valid_result"] == reference["result"]["best_valid_result"]
+    assert result["test_result"] == reference["result"]["test_result"]
+    assert same_state_dicts(
+        load_checkpoint(paths_of(folder)[0])["state_dict"], load_checkpoint(paths_of(reference["folder"])[0])["state_dict"]
+    )
+
+
+def validation_results(output):
+    """Each validation's metrics, in order, from RecBole's 'valid result:' lines."""
+    blocks = re.findall(r"valid result: \n(.*)", output)
+    return [{k: float(v) for k, v in re.findall(r"(\S+) : ([-\d.]+)", block)} for block in blocks]
+
+
+def test_run_without_validation_resumes_after_every_epoch(tiny_run_dict, tmp_path, monkeypatch):
+    """``eval_step: 0`` (no validation; RecBole saves the checkpoint every epoch): a run that died
+    right after writing its last epoch's resume file, before RecBole saved that epoch's checkpoint,
+    still tests the last epoch's weights."""
+    from recbole_linear import run_recbole_linear
+
+    monkeypatch.chdir(tmp_path)
+    settings = dict(tiny_run_dict, epochs=3, metric_decimal_place=10, seed=5, eval_step=0)
+    reference = run_recbole_linear("SASRec", TINY_DATASET, config_dict=dict(settings, resume_file=str(tmp_path / "a.pth")))
+
+    path = str(tmp_path / "b.pth")
+    original_save, saved_epochs = resume.save, []
+
+    def save_then_crash(trainer, epoch_idx, train_data, file, *rest):
+        original_save(trainer, epoch_idx, train_data, file, *rest)
+        saved_epochs.append(epoch_idx)
+        if epoch_idx == 2:
+            raise RuntimeError("simulated crash before the checkpoint of epoch 2")
+
+    monkeypatch.setattr(resume, "save", save_then_crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_recbole_linear("SASRec", TINY_DATASET, config_dict=dict(settings, resume_file=path))
+    assert saved_epochs == [0, 1, 2]
+    state = load_checkpoint(path)
+    assert state["finished"] is True and state["validates"] is False
+    stale = load_checkpoint(state["saved_model_file"])
+    assert stale["epoch"] == 1  # the checkpoint still holds epoch 1
+    monkeypatch.setattr(resume, "save", original_save)
+
+    resumed = run_recbole_linear("SASRec", TINY_DATASET, config_dict=dict(settings, resume_file=path))
+    assert resumed["epochs_trained"] == 3
+    assert load_checkpoint(state["saved_model_file"])["epoch"] == 2
+    assert dict(resumed["test_result"]) == dict(reference["test_result"])
+
+
 # --- in-process units ---------------------------------------------------------------------------
 def test_random_states_round_trip_including_the_loader_generator():
     generator = torch.Generator().manual_seed(3)
@@ -256,8 +331,8 @@ def test_run_with_resume_file_continues_after_a_crash(tiny_run_dict, tmp_path, m
     path = str(tmp_path / "b.pth")
     original_save = resume.save
 
-    def save_then_crash(trainer, epoch_idx, train_data, file):
-        original_save(trainer, epoch_idx, train_data, file)
+    def save_then_crash(trainer, epoch_idx, train_data, file, *rest):
+        original_save(trainer, epoch_idx, train_data, file, *rest)
         raise RuntimeError("simulated crash")
 
     monkeypatch.setattr(resume, "save", save_then_crash)

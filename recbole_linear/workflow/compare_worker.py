@@ -13,7 +13,7 @@ config, seed, data pipeline, trainer, evaluator), except:
 - the best checkpoint is loaded before the test evaluation, which is timed, and which also
   records every test user's NDCG@10 from the same full-sort scores RecBole's evaluator ranks
   (:class:`PerUserNDCG`);
-- training survives interruption: after every validated epoch the run's state goes to
+- training survives interruption: after every epoch the run's state goes to
   ``<checkpoint>.resume.pth``, and a later attempt of the same run (compare retries unfinished
   runs) continues from it, bit-identical to an uninterrupted run; the file is removed once the
   run is tested (:mod:`recbole_linear.resume`).
@@ -201,7 +201,7 @@ def train_and_test(spec, facts):
         torch.cuda.reset_peak_memory_stats(config["device"])
 
     dataset, (train_data, valid_data, test_data), model, trainer = prepare(config)
-    # an interrupted earlier attempt of this run left its state after its last validated epoch
+    # an interrupted earlier attempt of this run left its state after its last finished epoch
     resume_file = resume.resume_file_for(config["saved_model_file"])
     trainer.enable_resume(resume_file)
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=False)

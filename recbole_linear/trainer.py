@@ -100,6 +100,7 @@ class PluginTrainerMixin:
     def _add_train_loss_to_tensorboard(self, epoch_idx, losses, tag="Loss/Train"):
         # RecBole's fit calls this once per epoch, after it has recorded and logged the epoch's loss
         # and before it validates: the one place where a hook sees every epoch, validated or not.
+        # (PretrainTrainer.pretrain calls it too; enable_resume refuses pretraining stages.)
         super()._add_train_loss_to_tensorboard(epoch_idx, losses, tag)
         if self.after_epoch_fn is not None:
             self.after_epoch_fn(epoch_idx)
@@ -156,6 +157,10 @@ class PluginTrainerMixin:
             raise ConfigError("resuming an interrupted run is not supported under DDP")
         if not isinstance(self, Trainer):  # e.g. the decision-tree trainers: no epochs to resume
             self.logger.warning(f"{type(self).__name__} cannot resume an interrupted run; training from the start")
+            return False
+        if getattr(self.model, "train_stage", "finetune") != "finetune":
+            # PretrainTrainer.pretrain counts pretrain_epochs and saves its own files: not fit's loop
+            self.logger.warning(f"a {self.model.train_stage} stage cannot resume an interrupted run; training from the start")
             return False
         self.resume_file = str(resume_file)
         return True

@@ -213,6 +213,18 @@ def test_model_settings_the_model_refuses_stop_the_command_before_any_run(tiny_d
     assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "saved")
 
 
+@pytest.mark.parametrize("override, got", [("--eval_step=0", "eval_step=0, epochs=1"), ("--eval_step=3", "eval_step=3, epochs=1")])
+def test_runs_without_validation_stop_the_command_before_any_run(override, got, tiny_data_path, tmp_path):
+    """compare keeps each run's best validated checkpoint: a run that would never validate is refused."""
+    argv = [
+        "--models=SASRec", "--seeds=2020", f"--dataset={TINY_DATASET}", f"--output_dir={tmp_path / 'out'}",
+        *tiny_overrides(tiny_data_path, tmp_path / "saved"), override,
+    ]
+    with pytest.raises(ConfigError, match=rf"^SASRec: compare selects each run's checkpoint by validation: .*\(got {got}\)$"):
+        run_compare(argv, tmp_path)
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_crashed_worker_fails_its_run_only(tmp_path, monkeypatch):
     """A worker killed from outside (as by the OOM killer) leaves no result: the run is failed, the next runs."""
     crash = "import os, signal; print('about to die', flush=True); os.kill(os.getpid(), signal.SIGKILL)"

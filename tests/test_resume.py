@@ -250,38 +250,53 @@ def validation_results(output):
 
 
 def test_run_without_validation_resumes_after_every_epoch(tiny_run_dict, tmp_path, monkeypatch):
-    """``eval_step: 0`` (no validation; RecBole saves the checkpoint every epoch): a run that died
-    right after writing its last epoch's resume file, before RecBole saved that epoch's checkpoint,
-    still tests the last epoch's weights."""
+    """``eval_step: 0`` (no validation; RecBole saves the checkpoint every epoch): a run that crashed
+    after epoch 0 resumes at epoch 1; one that died right after writing its last epoch's resume
+    file, before RecBole saved that epoch's checkpoint, still tests the last epoch's weights."""
     from recbole_linear import run_recbole_linear
 
     monkeypatch.chdir(tmp_path)
     settings = dict(tiny_run_dict, epochs=3, metric_decimal_place=10, seed=5, eval_step=0)
     reference = run_recbole_linear("SASRec", TINY_DATASET, config_dict=dict(settings, resume_file=str(tmp_path / "a.pth")))
+    assert reference["best_valid_result"] is None  # RecBole trained without validation
 
     path = str(tmp_path / "b.pth")
     original_save, saved_epochs = resume.save, []
 
-    def save_then_crash(trainer, epoch_idx, train_data, file, *rest):
-        original_save(trainer, epoch_idx, train_data, file, *rest)
-        saved_epochs.append(epoch_idx)
-        if epoch_idx == 2:
-            raise RuntimeError("simulated crash before the checkpoint of epoch 2")
+    def crash_after(epoch):
+        def save_then_crash(trainer, epoch_idx, train_data, file, *rest):
+            original_save(trainer, epoch_idx, train_data, file, *rest)
+            saved_epochs.append((trainer.start_epoch, epoch_idx))
+            if epoch_idx == epoch:
+                raise RuntimeError(f"simulated crash after epoch {epoch}")
+        return save_then_crash
 
-    monkeypatch.setattr(resume, "save", save_then_crash)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_recbole_linear("SASRec", TINY_DATASET, config_dict=dict(settings, resume_file=path))
-    assert saved_epochs == [0, 1, 2]
+    for epoch in (0, 2):
+        monkeypatch.setattr(resume, "save", crash_after(epoch))
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_recbole_linear("SASRec", TINY_DATASET, config_dict=dict(settings, resume_file=path))
+    assert saved_epochs == [(0, 0), (1, 1), (1, 2)]  # the second attempt started at epoch 1
     state = load_checkpoint(path)
     assert state["finished"] is True and state["validates"] is False
-    stale = load_checkpoint(state["saved_model_file"])
-    assert stale["epoch"] == 1  # the checkpoint still holds epoch 1
+    assert load_checkpoint(state["saved_model_file"])["epoch"] == 1  # the crash came before epoch 2's checkpoint
     monkeypatch.setattr(resume, "save", original_save)
 
     resumed = run_recbole_linear("SASRec", TINY_DATASET, config_dict=dict(settings, resume_file=path))
     assert resumed["epochs_trained"] == 3
     assert load_checkpoint(state["saved_model_file"])["epoch"] == 2
     assert dict(resumed["test_result"]) == dict(reference["test_result"])
+
+
+def test_pretraining_stage_does_not_resume(tiny_data_path, tmp_path, monkeypatch):
+    """A model in a pretraining stage (S3Rec, RaCT: PretrainTrainer.pretrain, which counts
+    ``pretrain_epochs`` and saves its own files) gets no resume hook; its finetune stage does."""
+    monkeypatch.chdir(tmp_path)
+    config = create_config("SASRec", TINY_DATASET, cmd_args=tiny_cmd_args(tiny_data_path, show_progress=False))
+    _, _, model, trainer = prepare(config)
+    model.train_stage = "pretrain"
+    assert trainer.enable_resume(str(tmp_path / "run.resume.pth")) is False and trainer.resume_file is None
+    model.train_stage = "finetune"
+    assert trainer.enable_resume(str(tmp_path / "run.resume.pth")) is True
 
 
 # --- in-process units ---------------------------------------------------------------------------

@@ -159,12 +159,15 @@ def _never_called(config_dict, config_file_list):
         ("dropout_prob choice [0.2, 1.5]\n", {}, "invalid value for 'dropout_prob'"),
         ("learning_rate choice [0.01, 0]\n", {}, "invalid value for 'learning_rate'"),
         ("hidden_size quniform 0,64,16\n", {"algo": "random"}, "invalid value for 'hidden_size'"),
+        ("eval_step choice [1, 0]\n", {}, "tune selects each run's checkpoint by validation"),
+        ("epochs choice [1, 2]\n", {"config_dict": {"eval_step": 2}}, "(got eval_step=2, epochs=1)"),
     ],
 )
 def test_bad_search_is_rejected_before_any_training(space, options, fragment, tiny_fixed, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    fixed = dict(tiny_fixed, **options.pop("config_dict", {}))
     with pytest.raises(ConfigError) as error:
-        tuning.tune("LRURec", TINY_DATASET, params_file=write_hyper(tmp_path, space), config_dict=tiny_fixed,
+        tuning.tune("LRURec", TINY_DATASET, params_file=write_hyper(tmp_path, space), config_dict=fixed,
                     output_dir=str(tmp_path / "out"), objective=_never_called, **options)
     assert fragment in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "out").exists()

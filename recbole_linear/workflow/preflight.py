@@ -8,7 +8,7 @@ against the known keys, values, the model's own ``check_config``) and checks the
 import os
 
 from recbole_linear.config import create_config
-from recbole_linear.errors import RecBoleLinearError
+from recbole_linear.errors import ConfigError, RecBoleLinearError
 
 
 def check_run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None):
@@ -28,6 +28,18 @@ def check_run(model, dataset, config_file_list=None, config_dict=None, cmd_args=
     return config
 
 
+def require_validation(config, command):
+    """ConfigError unless training validates at least once: ``compare`` and ``tune`` keep the best
+    validated checkpoint and report its validation result (``run`` follows RecBole: no validation
+    with ``eval_step: 0``, the last epoch tested)."""
+    epochs, eval_step = config["epochs"], config["eval_step"]
+    if not 1 <= eval_step <= epochs:
+        raise ConfigError(
+            f"{command} selects each run's checkpoint by validation: it needs 1 <= eval_step <= epochs "
+            f"(got eval_step={eval_step}, epochs={epochs})"
+        )
+
+
 def check_runs(runs):
     """Check each distinct (model, settings) of a ``compare`` plan once; seeds change nothing checked."""
     checked = set()
@@ -38,7 +50,7 @@ def check_runs(runs):
         checked.add(key)
         cmd_args = [f"--{k}={v}" for k, v in run.overrides.items()]
         try:
-            check_run(run.model, run.dataset, run.config_files, cmd_args=cmd_args)
+            require_validation(check_run(run.model, run.dataset, run.config_files, cmd_args=cmd_args), "compare")
         except RecBoleLinearError as e:
             if run.model in str(e):
                 raise

@@ -54,6 +54,7 @@ from recbole_linear.errors import ConfigError
 from recbole_linear.quick_start import check_dataset, objective_function
 from recbole_linear.registry import get_model
 from recbole_linear.workflow.folder_lock import FolderLock
+from recbole_linear.workflow.preflight import require_validation
 from recbole_linear.workflow.hyper_space import (
     CSV_NAME,
     ParamsFileError,
@@ -150,7 +151,7 @@ def _check_space(specs, algo, base_config, fixed, ties):
             trial = {spec.name: spec.normalize(value)}
             trial.update({tied: trial[source] for tied, source in ties.items() if source in trial})
             try:
-                _config(None, None, None, dict(fixed, **trial), None)
+                require_validation(_config(None, None, None, dict(fixed, **trial), None), "tune")
             except ConfigError as e:
                 raise ConfigError(f"{spec.name}={value!r} from the params file (line {spec.line}): {e}") from e
 
@@ -189,6 +190,7 @@ def prepare(model, dataset="ml-100k", params_file=None, config_file_list=None, c
         import recbole_linear.workflow.tune_ray  # noqa: F401  (RayUnavailableError when ray cannot work here)
 
     base_config = _config(model, dataset, config_file_list, config_dict, cmd_args)
+    require_validation(base_config, "tune")
     check_dataset(base_config)
     model_name, dataset_name = base_config["model"], base_config["dataset"]
     ties = tied_keys(model_name, specs)

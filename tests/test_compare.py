@@ -16,7 +16,7 @@ import pytest
 import yaml
 from scipy.stats import wilcoxon
 
-from recbole_linear.workflow import compare, compare_runner, report
+from recbole_linear.workflow import compare, compare_runner, report, summary
 from recbole_linear.config import create_config
 from recbole_linear.errors import ConfigError
 from tests.conftest import TINY_DATASET, tiny_cmd_args
@@ -379,7 +379,7 @@ def test_summary_table_marks_and_significance(tmp_path):
     assert entries["Ours"]["p"] == pytest.approx(wilcoxon(ours_mean, base).pvalue)
     assert entries["Ours"]["p"] < 1e-10 and entries["BaseA"]["p"] is None
 
-    md = report.to_markdown(table, "toy_set", [1, 2], [rows[-1]])
+    md = summary.to_markdown(table, "toy_set", [1, 2], [rows[-1]])
     line = next(l for l in md.splitlines() if l.startswith("| Ours"))
     mean = float(np.mean([np.mean(v) for (m, _), (_, v) in per_user.items() if m == "Ours"]))
     std = float(np.std([np.mean(v) for (m, _), (_, v) in per_user.items() if m == "Ours"], ddof=1))
@@ -388,7 +388,7 @@ def test_summary_table_marks_and_significance(tmp_path):
     assert "| Broken | 0/1 |" in md and "- Broken seed=1: ValueError: boom" in md
     assert "p vs BaseA" in md and "Wilcoxon signed-rank" in md
 
-    tex = report.to_latex(table, "toy_set", [1, 2])
+    tex = summary.to_latex(table, "toy_set", [1, 2])
     assert "toy\\_set" in tex and "toy_set" not in tex
     assert f"\\textbf{{{mean:.4f}}} $\\pm$ {std:.4f}" in tex
     assert "\\underline{" in tex and "NDCG@10" in tex and "RMSE" in tex
@@ -412,10 +412,10 @@ def test_missing_per_user_file_gives_na_and_names_the_run(tmp_path):
     entries = {e["model"]: e for e in table["entries"]}
     assert np.isnan(entries["Ours"]["p"]) and 0 <= entries["Other"]["p"] <= 1
     assert table["missing_per_user"] == ["Ours-seed2"]
-    md = report.to_markdown(table, "toy_set", [1, 2])
+    md = summary.to_markdown(table, "toy_set", [1, 2])
     assert next(l for l in md.splitlines() if l.startswith("| Ours")).endswith("| n/a |")
     assert "per-user file of 1 run(s) is missing (Ours-seed2)" in md
-    complete = report.to_markdown(report.build_table(rows[2:], ["Other", "BaseA"], str(tmp_path)), "toy_set", [1, 2])
+    complete = summary.to_markdown(report.build_table(rows[2:], ["Other", "BaseA"], str(tmp_path)), "toy_set", [1, 2])
     assert "is missing" not in complete
 
 
@@ -439,7 +439,7 @@ def test_average_by_user():
 
 
 def test_latex_escape():
-    assert report.latex_escape("ml_100k & 50%") == "ml\\_100k \\& 50\\%"
+    assert summary.latex_escape("ml_100k & 50%") == "ml\\_100k \\& 50\\%"
 
 
 # --- per-user NDCG against RecBole's own collector and evaluator ------------------------------

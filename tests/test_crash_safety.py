@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import recbole_linear
-from recbole_linear.workflow import compare, compare_runner, report
+from recbole_linear.workflow import compare, compare_runner, report, summary
 from recbole_linear.errors import ConfigError
 from recbole_linear.workflow.folder_lock import LOCK_NAME, FolderLock, FolderLockedError
 from recbole_linear.workflow.run_table import load_runs
@@ -389,11 +389,11 @@ def test_tune_refuses_a_folder_in_use_before_writing_anything(tiny_run_dict, tmp
 def test_summary_states_the_regime_and_protocol_of_its_rows():
     rows = [{"model": "M", "status": "ok", "train_all_positions": "True", "eval_mask_history": "True",
              "test_ndcg@10": "0.1"}]
-    md = report.to_markdown(report.build_table(rows, ["M"]), "toy", [1])
+    md = summary.to_markdown(report.build_table(rows, ["M"]), "toy", [1])
     assert ("Training: every position of each training window, the official LRURec/SASRec regime "
             "(`train_all_positions=True`). Evaluation: full ranking without each user's input window, "
             "the official LRURec protocol (`eval_mask_history=True`).") in md
-    assert "Training:" not in report.to_markdown(report.build_table([dict(rows[0], train_all_positions="",
+    assert "Training:" not in summary.to_markdown(report.build_table([dict(rows[0], train_all_positions="",
                                                                           eval_mask_history="")], ["M"]), "toy", [1])
 
 

@@ -18,7 +18,8 @@ The output folder (default ``saved/compare/<dataset>/``, outside the repository'
   evaluation's seconds, its latency in ms per 1,000 users, peak RSS / GPU MB, the run's training
   regime (``train_all_positions``) and evaluation protocol (``eval_mask_history``) from its final
   config, the checkpoint and the files below (paths relative to the folder, so it can move);
-- ``summary.md`` / ``summary.tex``: see :mod:`recbole_linear.workflow.report`;
+- ``summary.md`` / ``summary.tex``: see :mod:`recbole_linear.workflow.summary` (the table as
+  data: :mod:`recbole_linear.workflow.report`);
 - ``configs/<run_id>.yaml`` the final config of each run, ``per_user/<run_id>.npz`` each test
   user's NDCG@10 (arrays ``user``, ``ndcg@10``), ``logs/<run_id>.log`` the run's output (appended at every start).
 
@@ -267,7 +268,7 @@ def run_comparison(runs, output_dir, dataset, models, seeds, out=print, jobs=1):
     """Run what ``runs.csv`` lacks (``jobs`` at a time), keep it up to date after every run, write
     the summaries. Returns the rows of this comparison (one per planned run, in plan order).
     """
-    from recbole_linear.workflow.report import write_summary
+    from recbole_linear.workflow.summary import write_summary
 
     if jobs < 1:
         raise ConfigError(f"invalid value for '--jobs': {jobs} (expected a positive integer)")

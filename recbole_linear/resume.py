@@ -10,9 +10,9 @@ once its loss is recorded (``PluginTrainerMixin.after_epoch_fn``). With ``eval_s
 cut off therefore loses the epoch in progress, not up to nine. The file holds everything a later
 process needs to continue as if never stopped:
 
-- the model and optimizer state, the epoch, ``cur_step`` (validations since the best),
-  ``best_valid_score``, ``best_valid_result`` and the best checkpoint's path (that file stays
-  separate and is not copied);
+- the model and optimizer state (every optimizer the trainer holds, e.g. RecVAE's two), the
+  epoch, ``cur_step`` (validations since the best), ``best_valid_score``, ``best_valid_result``
+  and the best checkpoint's path (that file stays separate and is not copied);
 - the random states: torch (CPU and CUDA), numpy, Python's ``random`` and the training
   dataloader's ``generator`` (its shuffling), so a resumed run is bit-identical to an
   uninterrupted one (with RecBole's default ``reproducibility: True``);
@@ -86,6 +86,33 @@ def restore_rng_state(state, train_data=None):
         generator.set_state(state["train_generator"])
 
 
+# --- optimizers -----------------------------------------------------------------------------
+def optimizers_of(trainer):
+    """{attribute: optimizer} of every optimizer the trainer holds besides ``optimizer`` itself:
+    RecVAE's trainer keeps ``optimizer_encoder`` and ``optimizer_decoder`` and points
+    ``optimizer`` at one of them during an epoch, so the two must be saved by name."""
+    return {
+        name: value for name, value in vars(trainer).items()
+        if name != "optimizer" and isinstance(value, torch.optim.Optimizer)
+    }
+
+
+def _current_optimizer_name(trainer):
+    """The attribute ``trainer.optimizer`` is an alias of, or None if it is its own optimizer."""
+    return next((name for name, opt in optimizers_of(trainer).items() if opt is trainer.optimizer), None)
+
+
+def restore_optimizers(trainer, state):
+    named = optimizers_of(trainer)
+    for name, optimizer_state in state.get("optimizers", {}).items():
+        named[name].load_state_dict(optimizer_state)
+    current = state.get("current_optimizer")
+    if current is not None:
+        trainer.optimizer = named[current]  # as after the saved epoch (its state is loaded above)
+    else:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+
+
 # --- the resume file ------------------------------------------------------------------------
 def training_finished(trainer, epoch_idx):
     """Whether ``fit`` ends after ``epoch_idx``: the last epoch, or early stopping triggered."""
@@ -110,6 +137,8 @@ def save(trainer, epoch_idx, train_data, path, validates=True):
         "state_dict": trainer.model.state_dict(),
         "other_parameter": trainer.model.other_parameter(),
         "optimizer": trainer.optimizer.state_dict(),
+        "optimizers": {name: opt.state_dict() for name, opt in optimizers_of(trainer).items()},
+        "current_optimizer": _current_optimizer_name(trainer),
         "epoch_train_seconds": list(getattr(trainer, "epoch_train_seconds", [])),
         "train_loss_dict": dict(trainer.train_loss_dict),
         "rng": capture_rng_state(train_data),
@@ -145,7 +174,7 @@ def restore(trainer, state, train_data):
     """Put ``trainer`` (and the random states) where the interrupted run stood after its epoch."""
     trainer.model.load_state_dict(state["state_dict"])
     trainer.model.load_other_parameter(state["other_parameter"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    restore_optimizers(trainer, state)
     trainer.start_epoch = state["epoch"] + 1
     trainer.cur_step = state["cur_step"]
     trainer.best_valid_score = state["best_valid_score"]

@@ -4,20 +4,22 @@
         --dataset ml-1m-lru=200 --dataset video-lru=50 --dataset beauty-lru=50 \\
         --output benchmarks/results/window_targets.md
 
-A count over the atomic files, no training. Per user with at least 3 items (the users that have a
-validation and a test item in both codes), the training sequence is every item but the last two.
+A count over the atomic files, no training; positions are indices into each user's sequence.
 
-- **ours** (``train_all_positions``): :func:`recbole_linear.all_positions.cut_windows`, every item
-  after the first a target exactly once, each with at least one item of context;
-- **official** (LRURec's ``dataloader/sas.py``, as described in the project's reference brief): a
-  sequence shorter than ``2 L`` is one sample whose labels are its last ``L`` items (all of them if
-  it has at most ``L``, the first then predicted from an empty context); a longer one is cut from
-  the end into windows of ``L`` items, each with its first label predicted from an empty context,
-  and the leftover head is dropped.
+- **ours** (``train_all_positions``): RecBole's leave-one-out split of the prefix rows (a user with
+  n items has the targets 1 .. n-1; the last two go to validation and test, only one when n = 3,
+  none when n = 2), then :func:`recbole_linear.all_positions.cut_windows` over the training part:
+  every training target exactly once, each with at least one item of context;
+- **official** (LRURec's ``dataloader/sas.py``): the training sequence is every item but the last
+  two (all items of a user with fewer than 3); one shorter than ``2 L`` is one sample whose labels
+  are its last ``L`` items (all of them if it has at most ``L``, the first then predicted from an
+  empty context); a longer one is cut from the end into windows of ``L`` items, each with its
+  first label predicted from an empty context, and the leftover head (fewer than ``L`` items) is
+  dropped.
 
-The table gives both totals, the official targets predicted from an empty context, and our
-targets the official code never trains (the heads it drops), which are the oldest items of long
-users.
+The table gives both totals, the official labels predicted from an empty context, and our
+targets the official code never trains (the oldest items of long users, before its last
+sample or in its dropped head).
 """
 import argparse
 import os
@@ -25,6 +27,8 @@ import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
 
 from recbole_linear.all_positions import cut_windows  # noqa: E402
 
@@ -42,28 +46,47 @@ def read_sequences(path):
     return {user: [item for _, item in sorted(pairs)] for user, pairs in rows.items()}
 
 
+def our_training_length(n_items):
+    """Items in a user's training part under RecBole's leave-one-out of its ``n - 1`` prefix rows:
+    the rows keep ``min(2, rows - 1)`` back for validation and test (``_split_index_by_leave_one_out``)."""
+    rows = n_items - 1
+    if rows < 1:
+        return 0
+    return rows - min(2, rows - 1) + 1  # the training rows' targets and the first item
+
+
+def our_windows(n_items, max_len):
+    """Our windows of one user: :func:`cut_windows` over RecBole's training part (positions)."""
+    return cut_windows(np.arange(our_training_length(n_items)), max_len)
+
+
+def our_targets(n_items, max_len):
+    """Positions our windows train (position 0, the first item, is never a target)."""
+    return {int(p) for _, targets in our_windows(n_items, max_len) for p in targets if p != 0}
+
+
 def official_labels(length, max_len):
-    """(labels trained, labels predicted from an empty context) for one training sequence."""
+    """(positions labelled, positions labelled from an empty context) in one official training
+    sequence of ``length`` items."""
     if length < 2 * max_len:
-        return min(length, max_len), int(length <= max_len)
-    windows = length // max_len
-    return windows * max_len, windows
+        kept = min(length, max_len)
+        return set(range(length - kept, length)), ({0} if length <= max_len and length else set())
+    start = length - (length // max_len) * max_len  # the head before it is dropped
+    return set(range(start, length)), set(range(start, length, max_len))
 
 
 def count(sequences, max_len):
-    totals = dict(users=0, ours=0, official=0, empty_context=0, dropped=0)
+    totals = dict(tested_users=0, windows=0, ours=0, official=0, empty_context=0, never_official=0)
     for items in sequences.values():
-        if len(items) < 3:
-            continue
-        train = items[:-2]
-        totals["users"] += 1
-        ours = sum(int((targets != 0).sum()) for _, targets in cut_windows(list(range(1, len(train) + 1)), max_len))
-        trained, empty = official_labels(len(train), max_len)
-        totals["ours"] += ours
-        totals["official"] += trained
-        totals["empty_context"] += empty
-        # the official labels are the last ones; the items before them are never a target there
-        totals["dropped"] += len(train) - trained
+        n = len(items)
+        totals["tested_users"] += n >= 3
+        ours = our_targets(n, max_len)
+        totals["windows"] += len(our_windows(n, max_len))
+        labels, empty = official_labels(n - 2 if n >= 3 else n, max_len)
+        totals["ours"] += len(ours)
+        totals["official"] += len(labels)
+        totals["empty_context"] += len(empty)
+        totals["never_official"] += len(ours - labels)
     return totals
 
 
@@ -71,17 +94,17 @@ def to_markdown(results, command):
     lines = [
         "# Training targets: our all-position windows against the official LRURec cut",
         "",
-        "Counted over the atomic files (users with at least 3 items; training sequence = all items but",
-        "the last two). `benchmarks/window_targets.py` explains both cuts.",
+        "Counted over the atomic files; `benchmarks/window_targets.py` explains both cuts. Tested users:",
+        "those with at least 3 items, the same in both codes.",
         "",
-        "| dataset | L | users | our targets | official targets | official, empty context "
-        "| official never trains | official / ours |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | L | tested users | our windows | our targets | official labels | official, from an empty context "
+        "| ours the official never trains | official / ours |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, max_len, t in results:
         lines.append(
-            f"| {name} | {max_len} | {t['users']:,} | {t['ours']:,} | {t['official']:,} | {t['empty_context']:,} "
-            f"| {t['dropped']:,} ({t['dropped'] / t['ours']:.1%} of ours) | {t['official'] / t['ours']:.3f} |"
+            f"| {name} | {max_len} | {t['tested_users']:,} | {t['windows']:,} | {t['ours']:,} | {t['official']:,} | {t['empty_context']:,} "
+            f"| {t['never_official']:,} ({t['never_official'] / t['ours']:.1%}) | {t['official'] / t['ours']:.3f} |"
         )
     lines += ["", "Regenerate:", "", "```", command, "```"]
     return "\n".join(lines) + "\n"

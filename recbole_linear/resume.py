@@ -25,8 +25,9 @@ finished (last epoch, or early stopping), ``fit`` returns the saved best result 
 and without touching the best checkpoint (RecBole's own ``fit`` would overwrite it when
 ``start_epoch >= epochs``). The one exception is a run without validation (``eval_step: 0``,
 recorded as ``validates``): there RecBole saves the checkpoint after this file, so a finished
-state re-saves it from the file's weights, in case the kill fell between the two. The caller removes the file once the run has been tested
-(:func:`discard`). Under DDP only rank 0 writes; resuming DDP runs is not supported.
+state re-saves it from the file's weights, in case the kill fell between the two. The caller
+removes the file once the run has been tested (:func:`discard`). Under DDP only rank 0 writes;
+resuming DDP runs is not supported, nor pretraining stages (``PluginTrainerMixin.enable_resume``).
 """
 import hashlib
 import json

@@ -14,7 +14,8 @@ It also:
   and waits for rank 0 to finish writing it before any rank reads it;
 - records each epoch's training time in ``epoch_train_seconds``;
 - after :meth:`PluginTrainerMixin.enable_resume`, continues an interrupted ``fit`` from its resume
-  file and rewrites that file after every epoch (:mod:`recbole_linear.resume`);
+  file and rewrites that file after every epoch (:mod:`recbole_linear.resume`; not under DDP or
+  in a pretraining stage);
 - with ``eval_mask_history: True``, ranks a sequential model's full-sort scores without the items of
   each user's input window, the official LRURec evaluation protocol (RecBole masks only id 0 for
   sequential models; for other models it already masks the user's whole history).
@@ -160,7 +161,8 @@ class PluginTrainerMixin:
             return False
         if getattr(self.model, "train_stage", "finetune") != "finetune":
             # PretrainTrainer.pretrain counts pretrain_epochs and saves its own files: not fit's loop
-            self.logger.warning(f"a {self.model.train_stage} stage cannot resume an interrupted run; training from the start")
+            stage = self.model.train_stage
+            self.logger.warning(f"a {stage} stage cannot resume an interrupted run; training from the start")
             return False
         self.resume_file = str(resume_file)
         return True

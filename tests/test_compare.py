@@ -1,8 +1,8 @@
 """``compare``: runs.csv, summaries, per-user NDCG@10, resuming, failures, per-model overrides.
 
 One comparison on the tiny dataset (SASRec and GRU4Rec × 2 seeds × 1 epoch, plus a model name that
-does not exist) is shared by the end-to-end tests; the report's formatting and significance test
-are checked on synthetic numbers.
+does not exist) is shared by the end-to-end tests; the summary table (``report``: means, marks,
+significance test) and its Markdown and LaTeX (``summary``) are checked on synthetic numbers.
 """
 import contextlib
 import csv
@@ -316,7 +316,7 @@ def test_bad_arguments_raise_config_error(argv, message, tmp_path):
     assert not (tmp_path / "results").exists() and not (tmp_path / "saved").exists()
 
 
-# --- the report on synthetic numbers ---------------------------------------------------------
+# --- the summary table and its files on synthetic numbers ------------------------------------
 @pytest.mark.parametrize("metric", ["recall@10", "mrr@10", "ndcg@10", "hit@10", "precision@10", "map@10", "auc"])
 def test_ranking_metrics_are_bigger_is_better(metric):
     assert report.bigger_is_better(metric)

@@ -4,9 +4,9 @@ The modules one level up integrate the plugin with RecBole (config, registry, tr
 checks, training regimes, distributed training, resuming); the modules here only call them:
 - ``tune`` (with ``hyper_space``, ``tune_run``, ``tune_store`` and ``tune_ray``): hyper-parameter
   search through RecBole's ``HyperTuning`` or Ray Tune;
-- ``compare`` (with ``compare_runner``, ``compare_worker``, ``compare_protocol``, ``preflight``,
-  ``run_table``, ``report`` and ``summary``): every model x seed under one protocol, one process
-  per run, and its summaries;
+- ``compare`` (with ``compare_runner``, ``compare_worker``, ``compare_protocol``, ``preflight``
+  (also used by ``tune``), ``run_table``, ``report`` and ``summary``): every model x seed under
+  one protocol, one process per run, and its summaries;
 - ``run_log``: a run's validation curve read back from its RecBole log;
 - ``evaluate``: saved checkpoints scored again;
 - ``folder_lock``: one command per output folder.

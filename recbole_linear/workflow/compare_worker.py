@@ -165,7 +165,7 @@ def peak_memory(device=None):
 def _load_best(trainer, model, logger):
     from recbole_linear.trainer import load_checkpoint
 
-    if not os.path.isfile(trainer.saved_model_file):  # no epoch was validated (epochs=0)
+    if not os.path.isfile(trainer.saved_model_file):  # nothing validated: a worker started by hand (compare refuses it)
         logger.warning(f"no checkpoint at {trainer.saved_model_file}: testing the current weights")
         return
     checkpoint = load_checkpoint(trainer.saved_model_file, map_location=trainer.device)

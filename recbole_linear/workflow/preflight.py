@@ -4,6 +4,8 @@
 model setting the model refuses, surfaced only when that run's turn came, after the runs before it
 had trained. :func:`check_runs` builds each distinct run's config up front (model name, every key
 against the known keys, values, the model's own ``check_config``) and checks the dataset's files.
+:func:`require_validation` (``compare`` and ``tune``) refuses settings under which a run never
+validates, since both keep each run's best validated checkpoint.
 """
 import os
 

@@ -359,6 +359,43 @@ def test_resume_file_of_other_settings_is_ignored(tiny_data_path, tmp_path, monk
     assert resume.config_signature(other) != resume.config_signature(config)
 
 
+def test_resume_file_written_before_per_epoch_saving_still_resumes(tiny_data_path, tmp_path, monkeypatch):
+    """Files written by the version that saved only after validations (no 'optimizers',
+    'current_optimizer' or 'validates') resume: long runs were cut off with such files."""
+    monkeypatch.chdir(tmp_path)
+    args = tiny_cmd_args(tiny_data_path, show_progress=False, epochs=2)
+    config = create_config("SASRec", TINY_DATASET, cmd_args=args + [f"--checkpoint_dir={tmp_path / 'saved'}"])
+    _, (train_data, valid_data, _), _, trainer = prepare(config)
+    path = str(tmp_path / "saved" / "run.resume.pth")
+    trainer.enable_resume(path)
+    original_save = resume.save
+
+    def save_then_stop(trainer, epoch_idx, train_data, file, *rest):
+        original_save(trainer, epoch_idx, train_data, file, *rest)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(train_data, valid_data, saved=True)
+    monkeypatch.setattr(resume, "save", original_save)
+    state = load_checkpoint(path)
+    for key in ("optimizers", "current_optimizer", "validates"):
+        del state[key]
+    torch.save(state, path)
+
+    _, (train_data, valid_data, _), _, fresh = prepare(config)
+    assert not fresh.optimizer.state_dict()["state"]
+    resume.restore(fresh, resume.load(fresh, path), train_data)
+    restored, saved = fresh.optimizer.state_dict()["state"], state["optimizer"]["state"]
+    assert restored.keys() == saved.keys() and all(
+        torch.equal(restored[k]["exp_avg"], saved[k]["exp_avg"]) for k in saved
+    )  # Adam's moments came back from the old file's one optimizer
+    assert fresh.start_epoch == 1
+    fresh.enable_resume(path)
+    fresh.fit(train_data, valid_data, saved=True)
+    assert sorted(fresh.train_loss_dict) == [0, 1]
+
+
 def test_resume_file_name_sits_beside_the_checkpoint():
     assert resume.resume_file_for("saved/LRURec-seed1-ab.pth") == "saved/LRURec-seed1-ab.resume.pth"
 

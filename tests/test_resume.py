@@ -287,6 +287,24 @@ def test_run_without_validation_resumes_after_every_epoch(tiny_run_dict, tmp_pat
     assert dict(resumed["test_result"]) == dict(reference["test_result"])
 
 
+def crash_after_first_save(model, settings, path):
+    """``run`` of ``model`` with ``resume_file=path``, crashed right after it first wrote that
+    file; returns the file's state."""
+    from recbole_linear import run_recbole_linear
+
+    original_save = resume.save
+
+    def save_then_crash(trainer, epoch_idx, train_data, file, *rest):
+        original_save(trainer, epoch_idx, train_data, file, *rest)
+        raise RuntimeError("simulated crash")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(resume, "save", save_then_crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_recbole_linear(model, TINY_DATASET, config_dict=dict(settings, resume_file=path))
+    return load_checkpoint(path)
+
+
 def test_trainer_with_two_optimizers_resumes_both(tiny_run_dict, tmp_path, monkeypatch):
     """RecVAE's trainer alternates an encoder and a decoder optimizer (``optimizer`` points at one
     of them): a run that crashed after epoch 0 resumes with both and ends as an uninterrupted one."""
@@ -296,19 +314,10 @@ def test_trainer_with_two_optimizers_resumes_both(tiny_run_dict, tmp_path, monke
     # one validation, after the last epoch: the best checkpoint holds the final weights
     settings = dict(tiny_run_dict, epochs=3, eval_step=3, metric_decimal_place=10, seed=3)
     reference = run_recbole_linear("RecVAE", TINY_DATASET, config_dict=dict(settings, resume_file=str(tmp_path / "a.pth")))
-    path, original_save = str(tmp_path / "b.pth"), resume.save
-
-    def save_then_crash(trainer, epoch_idx, train_data, file, *rest):
-        original_save(trainer, epoch_idx, train_data, file, *rest)
-        raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(resume, "save", save_then_crash)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_recbole_linear("RecVAE", TINY_DATASET, config_dict=dict(settings, resume_file=path))
-    state = load_checkpoint(path)
+    path = str(tmp_path / "b.pth")
+    state = crash_after_first_save("RecVAE", settings, path)
     assert sorted(state["optimizers"]) == ["optimizer_decoder", "optimizer_encoder"]
     assert state["current_optimizer"] == "optimizer_decoder"
-    monkeypatch.setattr(resume, "save", original_save)
     resumed = run_recbole_linear("RecVAE", TINY_DATASET, config_dict=dict(settings, resume_file=path))
     assert resumed["epochs_trained"] == 3
     assert dict(resumed["test_result"]) == dict(reference["test_result"])
@@ -411,17 +420,7 @@ def test_run_with_resume_file_continues_after_a_crash(tiny_run_dict, tmp_path, m
     assert not os.path.exists(tmp_path / "a.pth")
 
     path = str(tmp_path / "b.pth")
-    original_save = resume.save
-
-    def save_then_crash(trainer, epoch_idx, train_data, file, *rest):
-        original_save(trainer, epoch_idx, train_data, file, *rest)
-        raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(resume, "save", save_then_crash)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_recbole_linear("SASRec", TINY_DATASET, config_dict=dict(settings, resume_file=path))
-    crashed_checkpoint = load_checkpoint(path)["saved_model_file"]
-    monkeypatch.setattr(resume, "save", original_save)
+    crashed_checkpoint = crash_after_first_save("SASRec", settings, path)["saved_model_file"]
 
     resumed = run_recbole_linear("SASRec", TINY_DATASET, config_dict=dict(settings, resume_file=path))
     assert resumed["saved_model_file"] == crashed_checkpoint  # the best checkpoint of the first attempt

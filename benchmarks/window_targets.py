@@ -60,9 +60,13 @@ def our_windows(n_items, max_len):
     return cut_windows(np.arange(our_training_length(n_items)), max_len)
 
 
+def trained_positions(windows):
+    """Positions a user's windows train (position 0, the first item, is never a target)."""
+    return {int(p) for _, targets in windows for p in targets if p != 0}
+
+
 def our_targets(n_items, max_len):
-    """Positions our windows train (position 0, the first item, is never a target)."""
-    return {int(p) for _, targets in our_windows(n_items, max_len) for p in targets if p != 0}
+    return trained_positions(our_windows(n_items, max_len))
 
 
 def official_labels(length, max_len):
@@ -80,8 +84,9 @@ def count(sequences, max_len):
     for items in sequences.values():
         n = len(items)
         totals["tested_users"] += n >= 3
-        ours = our_targets(n, max_len)
-        totals["windows"] += len(our_windows(n, max_len))
+        windows = our_windows(n, max_len)  # cut once: counted, then their targets
+        ours = trained_positions(windows)
+        totals["windows"] += len(windows)
         labels, empty = official_labels(n - 2 if n >= 3 else n, max_len)
         totals["ours"] += len(ours)
         totals["official"] += len(labels)

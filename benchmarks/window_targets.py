@@ -17,9 +17,15 @@ A count over the atomic files, no training; positions are indices into each user
   first label predicted from an empty context, and the leftover head (fewer than ``L`` items) is
   dropped.
 
-The table gives both totals, the official labels predicted from an empty context, and our
+The first table gives both totals, the official labels predicted from an empty context, and our
 targets the official code never trains (the oldest items of long users, before its last
 sample or in its dropped head).
+
+The second counts, per epoch, what trains the read-out position a test user's full window uses
+(position ``L - 1``: the test input, every item but the last, has at least ``L`` items), which
+matters for a model with absolute position embeddings (SASRec): with RecBole's right padding it
+is trained by our full windows (their last target) and by RecBole's prefix rows whose input is
+cut to ``L`` items; with the official left padding, by the last label of every official sample.
 """
 import argparse
 import os
@@ -79,8 +85,16 @@ def official_labels(length, max_len):
     return set(range(start, length)), set(range(start, length, max_len))
 
 
+def official_samples(length, max_len):
+    """Samples of one official training sequence of ``length`` items (see :func:`official_labels`)."""
+    if length < 2 * max_len:
+        return 1 if length else 0
+    return length // max_len
+
+
 def count(sequences, max_len):
-    totals = dict(tested_users=0, windows=0, ours=0, official=0, empty_context=0, never_official=0)
+    totals = dict(tested_users=0, windows=0, ours=0, official=0, empty_context=0, never_official=0,
+                  test_full=0, ours_last=0, prefix_last=0, official_last=0)
     for items in sequences.values():
         n = len(items)
         totals["tested_users"] += n >= 3
@@ -92,6 +106,10 @@ def count(sequences, max_len):
         totals["official"] += len(labels)
         totals["empty_context"] += len(empty)
         totals["never_official"] += len(ours - labels)
+        totals["test_full"] += n >= 3 and n - 1 >= max_len
+        totals["ours_last"] += sum(len(inputs) == max_len for inputs, _ in windows)
+        totals["prefix_last"] += max(0, our_training_length(n) - max_len)  # targets t >= L: input cut to L
+        totals["official_last"] += official_samples(n - 2 if n >= 3 else n, max_len)
     return totals
 
 
@@ -111,7 +129,22 @@ def to_markdown(results, command):
             f"| {name} | {max_len} | {t['tested_users']:,} | {t['windows']:,} | {t['ours']:,} | {t['official']:,} | {t['empty_context']:,} "
             f"| {t['never_official']:,} ({t['never_official'] / t['ours']:.1%}) | {t['official'] / t['ours']:.3f} |"
         )
-    lines += ["", "Regenerate:", "", "```", command, "```"]
+    lines += [
+        "",
+        "Read-out position `L − 1` (0-based), per epoch: test users whose input fills the window, and the",
+        "training targets read out at that position: our full windows' last targets and RecBole's prefix rows",
+        "with at least `L` items of input (both right-padded), the official samples' last labels (left-padded).",
+        "",
+        "| dataset | L | test users with a full window | ours | RecBole prefixes | official samples |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, max_len, t in results:
+        lines.append(
+            f"| {name} | {max_len} | {t['test_full']:,} ({t['test_full'] / t['tested_users']:.1%}) "
+            f"| {t['ours_last']:,} ({t['ours_last'] / t['ours']:.2%}) | {t['prefix_last']:,} ({t['prefix_last'] / t['ours']:.2%}) "
+            f"| {t['official_last']:,} ({t['official_last'] / t['official']:.2%}) |"
+        )
+    lines += ["", "Shares are of the tested users, of our targets (ours and RecBole's prefixes, which train the same", "targets) and of the official labels.", "", "Regenerate:", "", "```", command, "```"]
     return "\n".join(lines) + "\n"
 
 

@@ -77,4 +77,13 @@ def test_counts_over_an_atomic_file(toy_file):
         # ours the official never labels: n=3 (ours {1}, the official's validation item; its part is
         # item 0 alone), n=7 (ours 1-4, labels 2-4), n=13 (ours 1-10, labels 2-10); none for the others
         "never_official": 1 + 1 + 1,
+        # read-out position L - 1 = 2: test inputs (n - 1 items) of at least 3 items: n >= 4
+        "test_full": 6,
+        # our windows with 3 positions: n=7 (training part 5 items: windows of 3 + 1 targets), n=9 (3 + 3),
+        # n=12 (3 + 3 + 3), n=13 (1 + 3 + 3 + 3)
+        "ours_last": 1 + 2 + 3 + 3,
+        # prefix rows with targets at index >= 3 of training parts of 5, 7, 10, 11 items
+        "prefix_last": 2 + 4 + 7 + 8,
+        # one sample per official sequence below 2L = 6 items (lengths 1, 2, 1, 2, 3, 5), else length // 3
+        "official_last": 6 + 2 + 3 + 3,
     }

@@ -267,16 +267,19 @@ def load_data_and_model(model_file, cmd_args=None):
     return config, model, dataset, train_data, valid_data, test_data
 
 
-def evaluate_checkpoint(model_file, cmd_args=None):
+def evaluate_checkpoint(model_file, cmd_args=None, before_test=None):
     """Evaluate a saved model again on its run's validation and test sets, through RecBole's
     trainer and evaluator, with evaluation ``cmd_args`` (see :func:`load_data_and_model`).
 
-    Returns ``(config, valid_result, test_result)``; with no overrides the test result is the one
-    the run reported.
+    ``before_test(config, trainer, dataset)``, if given, is called between the two evaluations
+    (e.g. to record the test set's per-user metrics). Returns ``(config, valid_result,
+    test_result)``; with no overrides the test result is the one the run reported.
     """
-    config, model, _, _, valid_data, test_data = load_data_and_model(model_file, cmd_args)
+    config, model, dataset, _, valid_data, test_data = load_data_and_model(model_file, cmd_args)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     valid_result = trainer.evaluate(valid_data, load_best_model=False, show_progress=config["show_progress"])
+    if before_test is not None:
+        before_test(config, trainer, dataset)
     test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
     getLogger().info(set_color("valid result", "yellow") + f": {valid_result}")
     getLogger().info(set_color("test result", "yellow") + f": {test_result}")

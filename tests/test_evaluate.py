@@ -50,9 +50,10 @@ def saved_lrurec(tiny_data_path, tmp_path_factory):
     return result
 
 
-def reference_test_metrics(model_file, mask_window):
-    """Recall@10 and NDCG@10 from a plain loop: score every item, rank each user's target."""
-    config, model, _, _, _, test_data = load_data_and_model(model_file)
+def reference_test_metrics(model_file, mask_window, per_user=None):
+    """Recall@10 and NDCG@10 from a plain loop: score every item, rank each user's target.
+    ``per_user``: a dict that receives each test user's NDCG@10 by user token."""
+    config, model, dataset, _, _, test_data = load_data_and_model(model_file)
     model.eval()
     recall, ndcg = [], []
     with torch.no_grad():
@@ -69,6 +70,9 @@ def reference_test_metrics(model_file, mask_window):
                 rank = int((row_scores > row_scores[targets[0]]).sum())
                 recall.append(1.0 if rank < K else 0.0)
                 ndcg.append(1.0 / math.log2(rank + 2) if rank < K else 0.0)
+                if per_user is not None:
+                    user = int(interaction[config["USER_ID_FIELD"]][row])
+                    per_user[str(dataset.id2token(config["USER_ID_FIELD"], user))] = ndcg[-1]
     return {"recall@10": sum(recall) / len(recall), "ndcg@10": sum(ndcg) / len(ndcg)}
 
 
@@ -119,6 +123,29 @@ def test_evaluate_command_writes_one_row_per_checkpoint_and_setting(saved_lrurec
     )
     assert float(rows[1]["test_ndcg@10"]) == saved_lrurec["test_result"]["ndcg@10"]
     assert "[1/1] LRURec LRURec-seed2020-0123abcd  test recall@10=" in capsys.readouterr().out
+
+
+def test_evaluate_per_user_writes_each_test_users_ndcg(saved_lrurec, tmp_path, capsys):
+    import numpy as np
+
+    model_file = saved_lrurec["saved_model_file"]
+    output = tmp_path / "re" / "out.csv"
+    args = ["evaluate", f"--checkpoint={model_file}", f"--output={output}", "--per_user"]
+    assert main([*args, "--eval_mask_history=True"]) == 0
+    assert main(args) == 0
+    with open(output, newline="") as f:
+        rows = list(csv.DictReader(f))
+    stem = os.path.splitext(os.path.basename(model_file))[0]
+    assert [r["per_user_file"] for r in rows] == [f"per_user/{stem}--eval_mask_history=True.npz", f"per_user/{stem}.npz"]
+    for row, mask_window in zip(rows, (True, False)):
+        with np.load(output.parent / row["per_user_file"]) as saved:
+            users, values = list(saved["user"]), saved["ndcg@10"]
+        expected = {}
+        reference_test_metrics(model_file, mask_window, per_user=expected)
+        assert sorted(users) == sorted(expected) and len(users) == len(set(users))
+        np.testing.assert_allclose(values, [expected[u] for u in users], rtol=1e-12, atol=1e-12)
+        assert abs(values.mean() - float(row["test_ndcg@10"])) <= 0.5e-4 + 1e-9
+    assert "warning" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

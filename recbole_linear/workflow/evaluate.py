@@ -14,6 +14,10 @@ checkpoint is missing (checkpoints are not committed with results) is skipped wi
 others are evaluated. One row per checkpoint and settings goes to ``--output`` (default
 ``DIR/evaluate.csv`` with ``--runs``, else ``evaluate.csv``), its checkpoint path relative to the
 folder of that file; a row with the same checkpoint and settings is replaced, others are kept.
+
+``--per_user`` also writes each test user's NDCG@10 (the per-user file ``compare`` writes, for
+significance tests and splits of users) to ``per_user/<run id or checkpoint name>[--<settings>].npz``
+beside the CSV, named in the row's ``per_user_file``.
 """
 import os
 import sys
@@ -41,6 +45,8 @@ def build_parser():
     parser.add_argument("--checkpoint", action="append", default=[], help="a saved model (.pth); repeatable")
     parser.add_argument("--runs", default=None, help="a compare output folder: evaluate every finished run in its runs.csv")
     parser.add_argument("--output", default=None, help="CSV to write (default: <runs>/evaluate.csv, else evaluate.csv)")
+    parser.add_argument("--per_user", action="store_true",
+                        help="also write each test user's NDCG@10 to per_user/<name>.npz beside the CSV")
     return parser
 
 
@@ -85,12 +91,43 @@ def _same_target(row, checkpoint, settings, folder):
     return row.get("settings") == settings and os.path.abspath(stored) == os.path.abspath(checkpoint)
 
 
+def per_user_name(checkpoint, run, settings):
+    """The per-user file's name: the run id (else the checkpoint's name), then the settings."""
+    stem = run.get("run_id") or os.path.splitext(os.path.basename(checkpoint))[0]
+    slug = "".join(c if c.isalnum() or c in "=._-" else "_" for c in settings.replace("; ", "--"))
+    return f"{stem}--{slug}.npz" if slug else f"{stem}.npz"
+
+
+class _PerUserTest:
+    """``before_test`` hook of :func:`evaluate_checkpoint`: records the test users' NDCG@10."""
+
+    def __init__(self):
+        self.recorder, self.dataset = None, None
+
+    def __call__(self, config, trainer, dataset):
+        from recbole_linear.workflow.compare_worker import PerUserNDCG
+
+        self.recorder, self.dataset = PerUserNDCG(config), dataset
+        self.recorder.attach(trainer)
+
+    def save(self, path, test_result):
+        import numpy as np
+
+        from recbole_linear.workflow.compare_worker import NDCG_K
+
+        users, ndcg = self.recorder.result(self.dataset)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        np.savez(path, user=users, **{f"ndcg@{NDCG_K}": ndcg})
+        return float(np.mean(ndcg)) if len(ndcg) else None
+
+
 def write_rows(path, rows):
     write_csv(path, rows, _FIRST_COLUMNS + list(dict.fromkeys(k for row in rows for k in row if k not in _FIRST_COLUMNS)))
 
 
-def evaluate_all(targets, cmd_args, output, out=print):
-    """Evaluate each (checkpoint, run row) with ``cmd_args``; keep ``output`` up to date; return the new rows."""
+def evaluate_all(targets, cmd_args, output, out=print, per_user=False):
+    """Evaluate each (checkpoint, run row) with ``cmd_args``; keep ``output`` up to date; return the
+    new rows. ``per_user``: also write each one's per-user NDCG@10 file (see the module's doc)."""
     from recbole_linear.quick_start import evaluate_checkpoint
 
     settings = settings_label(cmd_args)
@@ -99,13 +136,23 @@ def evaluate_all(targets, cmd_args, output, out=print):
     new_rows = []
     for index, (checkpoint, run) in enumerate(targets, start=1):
         start = time.perf_counter()
-        config, valid_result, test_result = evaluate_checkpoint(checkpoint, cmd_args)
+        hook = _PerUserTest() if per_user else None
+        config, valid_result, test_result = evaluate_checkpoint(checkpoint, cmd_args, before_test=hook)
         stored = relative_path(checkpoint, folder)
+        per_user_file = {}
+        if hook is not None:
+            path = os.path.join(folder, "per_user", per_user_name(checkpoint, run, settings))
+            mean = hook.save(path, test_result)
+            key = "ndcg@10"
+            if mean is not None and key in test_result and abs(mean - float(test_result[key])) > 0.5 * 10 ** -config["metric_decimal_place"] + 1e-9:
+                out(f"evaluate: warning: per-user {key} mean {mean:.6f} differs from RecBole's {test_result[key]}")
+            per_user_file = {"per_user_file": relative_path(path, folder)}
         row = {
             "checkpoint": stored, "settings": settings, "run_id": run.get("run_id", ""),
             "model": config["model"], "dataset": config["dataset"], "seed": config["seed"],
             **{f"valid_{k}": v for k, v in valid_result.items()},
             **{f"test_{k}": v for k, v in test_result.items()},
+            **per_user_file,
             "evaluated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         rows = [r for r in rows if not _same_target(r, checkpoint, settings, folder)] + [row]
@@ -125,7 +172,7 @@ def cli_main(argv):
     # one writer of evaluate.csv (and no evaluation of a folder a compare is still writing)
     folder = os.path.dirname(os.path.abspath(output))
     with FolderLock(folder, "evaluate", warn=lambda line: print(f"evaluate: warning: {line}", flush=True)):
-        evaluate_all(targets, cmd_args, output, out=lambda line: print(line, flush=True))
+        evaluate_all(targets, cmd_args, output, out=lambda line: print(line, flush=True), per_user=args.per_user)
     return 0
 
 

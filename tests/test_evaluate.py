@@ -125,13 +125,13 @@ def test_evaluate_command_writes_one_row_per_checkpoint_and_setting(saved_lrurec
     assert "[1/1] LRURec LRURec-seed2020-0123abcd  test recall@10=" in capsys.readouterr().out
 
 
-def test_evaluate_per_user_writes_each_test_users_ndcg(saved_lrurec, tmp_path, capsys):
+def test_evaluate_per_user_writes_each_test_users_ndcg(saved_lrurec, tiny_data_path, tmp_path, capsys):
     import numpy as np
 
     model_file = saved_lrurec["saved_model_file"]
     output = tmp_path / "re" / "out.csv"
     args = ["evaluate", f"--checkpoint={model_file}", f"--output={output}", "--per_user"]
-    assert main([*args, "--eval_mask_history=True"]) == 0
+    assert main([*args, "--eval_mask_history=True", f"--data_path={tiny_data_path}"]) == 0
     assert main(args) == 0
     with open(output, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -17,7 +17,7 @@ folder of that file; a row with the same checkpoint and settings is replaced, ot
 
 ``--per_user`` also writes each test user's NDCG@10 (the per-user file ``compare`` writes, for
 significance tests and splits of users) to ``per_user/<run id or checkpoint name>[--<settings>].npz``
-beside the CSV, named in the row's ``per_user_file``.
+beside the CSV (settings other than ``data_path``), named in the row's ``per_user_file``.
 """
 import os
 import sys
@@ -141,7 +141,9 @@ def evaluate_all(targets, cmd_args, output, out=print, per_user=False):
         stored = relative_path(checkpoint, folder)
         per_user_file = {}
         if hook is not None:
-            path = os.path.join(folder, "per_user", per_user_name(checkpoint, run, settings))
+            # where the data lives does not change the numbers: data_path stays out of the name
+            named = settings_label([a for a in cmd_args or [] if not a.lstrip("-").startswith("data_path")])
+            path = os.path.join(folder, "per_user", per_user_name(checkpoint, run, named))
             mean = hook.save(path, test_result)
             key = "ndcg@10"
             if mean is not None and key in test_result and abs(mean - float(test_result[key])) > 0.5 * 10 ** -config["metric_decimal_place"] + 1e-9:

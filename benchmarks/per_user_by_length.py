@@ -9,7 +9,9 @@ Reads each run's per-user file (``per_user/<run_id>.npz``, written by ``compare`
 dataset's atomic file. A user of ``n`` items is tested on its last item from the ``n - 1`` before
 it, cut to the last ``L``: with at least ``L`` of them the input fills the window and a model reads
 its output at position ``L - 1``, the position ``benchmarks/window_targets.py`` counts the training
-of. No model is run.
+of. No model is run. Lengths are counted in the atomic file as it is, so this holds for datasets
+that RecBole does not filter (the ``*-lru`` splits: ``user_inter_num_interval: ~``); ``MAX_LEN``
+must be the runs' ``MAX_ITEM_LIST_LENGTH``. Each group's count is shown: a small group's mean is noisy.
 """
 import argparse
 import os
@@ -54,7 +56,7 @@ def to_markdown(dataset, max_len, results, command):
     for group, label in labels.items():
         count = results[0][1][group][0]
         means = [split[group][1] for _, split in results]
-        cells = [f"{m:.4f}" for m in means] + [f"{m / means[0]:.3f}" for m in means[1:]]
+        cells = [f"{m:.4f}" for m in means] + [f"{m / means[0]:.3f}" if means[0] else "—" for m in means[1:]]
         lines.append(f"| {label} | {count:,} | " + " | ".join(cells) + " |")
     lines += ["", "Regenerate:", "", "```", command, "```"]
     return "\n".join(lines) + "\n"
@@ -74,16 +76,16 @@ def main(argv=None):
     if not os.path.isfile(path):
         raise SystemExit(f"per_user_by_length: no atomic file {path}")
     lengths = {user: len(items) for user, items in read_sequences(path).items()}
-    results = []
+    results, user_sets = [], []
     for item in args.run:
         label, sep, npz = item.partition("=")
         if not sep or not os.path.isfile(npz):
             raise SystemExit(f"per_user_by_length: --run must be LABEL=PER_USER_NPZ of an existing file, got {item!r}")
         with np.load(npz) as per_user:
             results.append((label, split_means(per_user, lengths, int(max_len))))
-    counts = {split["all"][0] for _, split in results}
-    if len(counts) != 1:
-        raise SystemExit(f"per_user_by_length: the runs tested different numbers of users: {sorted(counts)}")
+            user_sets.append(sorted(str(u) for u in per_user["user"]))
+    if any(users != user_sets[0] for users in user_sets):
+        raise SystemExit("per_user_by_length: the runs did not test the same users")
     command = (f"python benchmarks/per_user_by_length.py --data_path {args.data_path} --dataset {args.dataset} "
                + " ".join(f"--run {item}" for item in args.run) + f" --output {args.output}")
     text = to_markdown(name, int(max_len), results, command)

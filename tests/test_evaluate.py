@@ -129,23 +129,49 @@ def test_evaluate_per_user_writes_each_test_users_ndcg(saved_lrurec, tiny_data_p
     import numpy as np
 
     model_file = saved_lrurec["saved_model_file"]
-    output = tmp_path / "re" / "out.csv"
-    args = ["evaluate", f"--checkpoint={model_file}", f"--output={output}", "--per_user"]
-    assert main([*args, "--eval_mask_history=True", f"--data_path={tiny_data_path}"]) == 0
-    assert main(args) == 0
-    with open(output, newline="") as f:
+    # the same data with user tokens that are not RecBole's internal ids ("u7" for "7"): a file of
+    # ids instead of tokens fails (LRURec has no user parameters, so the numbers are unchanged)
+    renamed = tmp_path / "renamed"
+    os.makedirs(renamed / TINY_DATASET)
+    with open(os.path.join(tiny_data_path, TINY_DATASET, f"{TINY_DATASET}.inter")) as f, \
+            open(renamed / TINY_DATASET / f"{TINY_DATASET}.inter", "w") as g:
+        g.write(f.readline())
+        for line in f:
+            g.write("u" + line)
+    runs_dir = tmp_path / "cmp"
+    (runs_dir / "per_user").mkdir(parents=True)
+    own = runs_dir / "per_user" / "LRURec-seed2020-0123abcd.npz"  # compare's file of the run: kept
+    np.savez(own, user=np.array(["x"]), **{"ndcg@10": np.array([0.5])})
+    with open(runs_dir / "runs.csv", "w", newline="") as f:
+        columns = ["run_id", "model", "seed", "status", "test_ndcg@10", "best_valid_score", "checkpoint", "finished_at"]
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerow({"run_id": "LRURec-seed2020-0123abcd", "model": "LRURec", "seed": 2020, "status": "ok",
+                         "test_ndcg@10": 0.1, "best_valid_score": 0.1, "checkpoint": model_file, "finished_at": "x"})
+    assert main(["evaluate", f"--runs={runs_dir}", "--per_user", "--eval_mask_history=True", f"--data_path={renamed}"]) == 0
+    assert main(["evaluate", f"--runs={runs_dir}", "--per_user"]) == 0
+    with open(runs_dir / "evaluate.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    stem = os.path.splitext(os.path.basename(model_file))[0]
-    assert [r["per_user_file"] for r in rows] == [f"per_user/{stem}--eval_mask_history=True.npz", f"per_user/{stem}.npz"]
-    for row, mask_window in zip(rows, (True, False)):
-        with np.load(output.parent / row["per_user_file"]) as saved:
+    assert [r["per_user_file"] for r in rows] == [
+        "evaluate_per_user/LRURec-seed2020-0123abcd--eval_mask_history=True.npz",
+        "evaluate_per_user/LRURec-seed2020-0123abcd.npz",
+    ]
+    with np.load(own) as kept:
+        assert list(kept["user"]) == ["x"]
+    for row, mask_window, prefix in zip(rows, (True, False), ("u", "")):
+        with np.load(runs_dir / row["per_user_file"]) as saved:
             users, values = list(saved["user"]), saved["ndcg@10"]
         expected = {}
         reference_test_metrics(model_file, mask_window, per_user=expected)
+        expected = {prefix + user: value for user, value in expected.items()}
         assert sorted(users) == sorted(expected) and len(users) == len(set(users))
         np.testing.assert_allclose(values, [expected[u] for u in users], rtol=1e-12, atol=1e-12)
         assert abs(values.mean() - float(row["test_ndcg@10"])) <= 0.5e-4 + 1e-9
-    assert "warning" not in capsys.readouterr().out
+    # with --checkpoint, the file is named after the checkpoint
+    output = tmp_path / "re" / "out.csv"
+    assert main(["evaluate", f"--checkpoint={model_file}", f"--output={output}", "--per_user"]) == 0
+    stem = os.path.splitext(os.path.basename(model_file))[0]
+    assert (output.parent / "evaluate_per_user" / f"{stem}.npz").is_file()
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,11 @@ def test_unknown_user_and_bad_arguments(data, tmp_path):
     np.savez(bad, user=np.array(["1", "99"]), **{"ndcg@10": np.array([0.0, 1.0])})
     with pytest.raises(SystemExit, match="not in the dataset"):
         per_user_by_length.main(["--data_path", str(folder), "--dataset", "toy=4", "--run", f"X={bad}", "--output", str(folder / "o.md")])
+    other = str(tmp_path / "other.npz")
+    np.savez(other, user=np.array(["1", "2", "3", "3"]), **{"ndcg@10": np.zeros(4)})
+    with pytest.raises(SystemExit, match="not test the same users"):
+        per_user_by_length.main(["--data_path", str(folder), "--dataset", "toy=4", "--run", f"A={runs['A']}",
+                                 "--run", f"O={other}", "--output", str(folder / "o.md")])
     with pytest.raises(SystemExit, match="NAME=MAX_LEN"):
         per_user_by_length.main(["--data_path", str(folder), "--dataset", "toy", "--run", f"A={runs['A']}", "--output", str(folder / "o.md")])
     with pytest.raises(SystemExit, match="LABEL=PER_USER_NPZ"):

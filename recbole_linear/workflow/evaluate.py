@@ -15,13 +15,16 @@ others are evaluated. One row per checkpoint and settings goes to ``--output`` (
 ``DIR/evaluate.csv`` with ``--runs``, else ``evaluate.csv``), its checkpoint path relative to the
 folder of that file; a row with the same checkpoint and settings is replaced, others are kept.
 
-``--per_user`` also writes each test user's NDCG@10 (the per-user file ``compare`` writes, for
-significance tests and splits of users) to ``per_user/<run id or checkpoint name>[--<settings>].npz``
-beside the CSV (settings other than ``data_path``), named in the row's ``per_user_file``.
+``--per_user`` also writes each test user's NDCG@10 (in the format of ``compare``'s per-user files,
+for significance tests and splits of users) to
+``evaluate_per_user/<run id or checkpoint name>[--<settings>].npz`` beside the CSV (settings other
+than ``data_path``, which does not change the numbers), named in the row's ``per_user_file``; a
+folder of its own, so that ``--runs DIR`` never overwrites the run's own ``DIR/per_user/`` file.
 """
 import os
 import sys
 import time
+from logging import getLogger
 
 from recbole_linear.cli import PROG, parse_known
 from recbole_linear.workflow.compare import read_runs, write_csv
@@ -30,6 +33,7 @@ from recbole_linear.errors import ConfigError, RecBoleLinearError
 from recbole_linear.workflow.run_table import RUNS_NAME, load_runs, relative_path, resolve_path
 from recbole_linear.workflow.folder_lock import FolderLock
 
+PER_USER_FOLDER = "evaluate_per_user"  # not compare's per_user/: a run's own file stays untouched
 _FIRST_COLUMNS = ["checkpoint", "settings", "run_id", "model", "dataset", "seed"]
 
 
@@ -46,7 +50,7 @@ def build_parser():
     parser.add_argument("--runs", default=None, help="a compare output folder: evaluate every finished run in its runs.csv")
     parser.add_argument("--output", default=None, help="CSV to write (default: <runs>/evaluate.csv, else evaluate.csv)")
     parser.add_argument("--per_user", action="store_true",
-                        help="also write each test user's NDCG@10 to per_user/<name>.npz beside the CSV")
+                        help="also write each test user's NDCG@10 to evaluate_per_user/<name>.npz beside the CSV")
     return parser
 
 
@@ -110,15 +114,16 @@ class _PerUserTest:
         self.recorder, self.dataset = PerUserNDCG(config), dataset
         self.recorder.attach(trainer)
 
-    def save(self, path, test_result):
+    def save(self, path, config, test_result):
+        """Write the file; warn (in the log) if its mean is not RecBole's NDCG@10."""
         import numpy as np
 
-        from recbole_linear.workflow.compare_worker import NDCG_K
+        from recbole_linear.workflow.compare_worker import NDCG_K, _check_per_user
 
         users, ndcg = self.recorder.result(self.dataset)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         np.savez(path, user=users, **{f"ndcg@{NDCG_K}": ndcg})
-        return float(np.mean(ndcg)) if len(ndcg) else None
+        _check_per_user(getLogger(), config, test_result, ndcg)
 
 
 def write_rows(path, rows):
@@ -142,12 +147,9 @@ def evaluate_all(targets, cmd_args, output, out=print, per_user=False):
         per_user_file = {}
         if hook is not None:
             # where the data lives does not change the numbers: data_path stays out of the name
-            named = settings_label([a for a in cmd_args or [] if not a.lstrip("-").startswith("data_path")])
-            path = os.path.join(folder, "per_user", per_user_name(checkpoint, run, named))
-            mean = hook.save(path, test_result)
-            key = "ndcg@10"
-            if mean is not None and key in test_result and abs(mean - float(test_result[key])) > 0.5 * 10 ** -config["metric_decimal_place"] + 1e-9:
-                out(f"evaluate: warning: per-user {key} mean {mean:.6f} differs from RecBole's {test_result[key]}")
+            named = "; ".join(f"{k}={v}" for k, v in sorted(parse_cmd_args(cmd_args).items()) if k != "data_path")
+            path = os.path.join(folder, PER_USER_FOLDER, per_user_name(checkpoint, run, named))
+            hook.save(path, config, test_result)
             per_user_file = {"per_user_file": relative_path(path, folder)}
         row = {
             "checkpoint": stored, "settings": settings, "run_id": run.get("run_id", ""),

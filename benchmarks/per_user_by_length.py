@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from window_targets import read_sequences  # noqa: E402
+from window_targets import dataset_argument, read_sequences, write_table  # noqa: E402
 
 METRIC = "ndcg@10"
 
@@ -69,12 +69,7 @@ def main(argv=None):
     parser.add_argument("--run", action="append", required=True, help="LABEL=PER_USER_NPZ, repeatable; the first is the reference")
     parser.add_argument("--output", required=True, help="Markdown file to write")
     args = parser.parse_args(argv)
-    name, sep, max_len = args.dataset.partition("=")
-    if not sep or not max_len.isdigit() or int(max_len) < 1:
-        raise SystemExit(f"per_user_by_length: --dataset must be NAME=MAX_LEN, got {args.dataset!r}")
-    path = os.path.join(args.data_path, name, f"{name}.inter")
-    if not os.path.isfile(path):
-        raise SystemExit(f"per_user_by_length: no atomic file {path}")
+    name, max_len, path = dataset_argument(args.data_path, args.dataset, "per_user_by_length")
     lengths = {user: len(items) for user, items in read_sequences(path).items()}
     results, user_sets = [], []
     for item in args.run:
@@ -82,17 +77,13 @@ def main(argv=None):
         if not sep or not os.path.isfile(npz):
             raise SystemExit(f"per_user_by_length: --run must be LABEL=PER_USER_NPZ of an existing file, got {item!r}")
         with np.load(npz) as per_user:
-            results.append((label, split_means(per_user, lengths, int(max_len))))
+            results.append((label, split_means(per_user, lengths, max_len)))
             user_sets.append(sorted(str(u) for u in per_user["user"]))
     if any(users != user_sets[0] for users in user_sets):
         raise SystemExit("per_user_by_length: the runs did not test the same users")
     command = (f"python benchmarks/per_user_by_length.py --data_path {args.data_path} --dataset {args.dataset} "
                + " ".join(f"--run {item}" for item in args.run) + f" --output {args.output}")
-    text = to_markdown(name, int(max_len), results, command)
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as f:
-        f.write(text)
-    print(text, end="")
+    write_table(args.output, to_markdown(name, max_len, results, command))
 
 
 if __name__ == "__main__":

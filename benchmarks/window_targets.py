@@ -149,6 +149,25 @@ def to_markdown(results, command):
     return "\n".join(lines) + "\n"
 
 
+def dataset_argument(data_path, item, prog):
+    """``(name, max_len, atomic file)`` of a ``--dataset NAME=MAX_LEN`` argument; one-line exit if bad."""
+    name, sep, max_len = item.partition("=")
+    if not sep or not max_len.isdigit() or int(max_len) < 1:
+        raise SystemExit(f"{prog}: --dataset must be NAME=MAX_LEN, got {item!r}")
+    path = os.path.join(data_path, name, f"{name}.inter")
+    if not os.path.isfile(path):
+        raise SystemExit(f"{prog}: no atomic file {path}")
+    return name, int(max_len), path
+
+
+def write_table(output, text):
+    """Write the Markdown ``text`` to ``output`` (creating its folder) and print it."""
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    with open(output, "w") as f:
+        f.write(text)
+    print(text, end="")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_path", required=True)
@@ -157,21 +176,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     results = []
     for item in args.dataset:
-        name, sep, max_len = item.partition("=")
-        if not sep or not max_len.isdigit() or int(max_len) < 1:
-            raise SystemExit(f"window_targets: --dataset must be NAME=MAX_LEN, got {item!r}")
-        path = os.path.join(args.data_path, name, f"{name}.inter")
-        if not os.path.isfile(path):
-            raise SystemExit(f"window_targets: no atomic file {path}")
-        results.append((name, int(max_len), count(read_sequences(path), int(max_len))))
+        name, max_len, path = dataset_argument(args.data_path, item, "window_targets")
+        results.append((name, max_len, count(read_sequences(path), max_len)))
     command = f"python benchmarks/window_targets.py --data_path {args.data_path} " + " ".join(
         f"--dataset {item}" for item in args.dataset
     ) + f" --output {args.output}"
-    text = to_markdown(results, command)
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as f:
-        f.write(text)
-    print(text, end="")
+    write_table(args.output, to_markdown(results, command))
 
 
 if __name__ == "__main__":

@@ -54,9 +54,10 @@ def build_parser():
     return parser
 
 
-def settings_label(cmd_args):
-    """The overrides as one sorted, readable cell: 'eval_mask_history=True' ('' for none)."""
-    return "; ".join(f"{k}={v}" for k, v in sorted(parse_cmd_args(cmd_args).items()))
+def settings_label(cmd_args, leave_out=()):
+    """The overrides as one sorted, readable cell: 'eval_mask_history=True' ('' for none), without
+    the keys in ``leave_out``."""
+    return "; ".join(f"{k}={v}" for k, v in sorted(parse_cmd_args(cmd_args).items()) if k not in leave_out)
 
 
 def targets_from(checkpoints, runs_dir, out=print):
@@ -136,6 +137,8 @@ def evaluate_all(targets, cmd_args, output, out=print, per_user=False):
     from recbole_linear.quick_start import evaluate_checkpoint
 
     settings = settings_label(cmd_args)
+    # per-user file names: where the data lives does not change the numbers, so no data_path
+    named = settings_label(cmd_args, leave_out=("data_path",))
     folder = os.path.dirname(output) or "."
     rows = read_runs(output)
     new_rows = []
@@ -146,8 +149,6 @@ def evaluate_all(targets, cmd_args, output, out=print, per_user=False):
         stored = relative_path(checkpoint, folder)
         per_user_file = {}
         if hook is not None:
-            # where the data lives does not change the numbers: data_path stays out of the name
-            named = "; ".join(f"{k}={v}" for k, v in sorted(parse_cmd_args(cmd_args).items()) if k != "data_path")
             path = os.path.join(folder, PER_USER_FOLDER, per_user_name(checkpoint, run, named))
             hook.save(path, config, test_result)
             per_user_file = {"per_user_file": relative_path(path, folder)}

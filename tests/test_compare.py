@@ -453,7 +453,7 @@ def test_per_user_ndcg_matches_recbole_evaluator_with_ties_and_several_positives
     from recbole.data.interaction import Interaction
     from recbole.evaluator import Collector, Evaluator
 
-    from recbole_linear.workflow.compare_worker import PerUserNDCG
+    from recbole_linear.workflow.per_user import PerUserNDCG
 
     config = create_config(
         "SASRec", TINY_DATASET, config_dict={"metrics": ["NDCG"], "topk": [5, 10, 20], "metric_decimal_place": 12}
@@ -484,7 +484,7 @@ def test_per_user_ndcg_on_sampled_evaluation_maps_rows_to_users():
     import torch
     from recbole.data.interaction import Interaction
 
-    from recbole_linear.workflow.compare_worker import PerUserNDCG
+    from recbole_linear.workflow.per_user import PerUserNDCG
 
     config = create_config("SASRec", TINY_DATASET)
     recorder = PerUserNDCG(config)
@@ -502,8 +502,46 @@ def test_per_user_ndcg_on_sampled_evaluation_maps_rows_to_users():
     assert ndcg == pytest.approx([1 / np.log2(4), 1.0])
 
 
+def test_per_user_save_writes_tokens_and_warns_only_when_the_mean_is_not_recboles(tmp_path):
+    import logging
+
+    import torch
+
+    from recbole_linear.workflow.per_user import PerUserNDCG
+
+    config = create_config("SASRec", TINY_DATASET, config_dict={"metric_decimal_place": 4})
+    recorder = PerUserNDCG(config)
+    scores = torch.full((2, 20), -np.inf)
+    scores[0, [3, 7]] = torch.tensor([0.9, 0.5])  # target 7 second: 1/log2(3)
+    scores[1, [8]] = 1.0  # target 8 first: 1
+    recorder._record(torch.tensor([4, 6]), scores, torch.tensor([0, 1]), torch.tensor([7, 8]))
+    expected = (1 / np.log2(3) + 1.0) / 2
+
+    class Captured(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    logger, handler = logging.getLogger("per-user-test"), Captured()
+    logger.addHandler(handler)
+    try:
+        path = tmp_path / "sub" / "run.npz"
+        users, values = recorder.save(str(path), _TokenDataset(), config, {"ndcg@10": round(expected, 4)}, logger)
+        assert handler.lines == []  # RecBole's value is the per-user mean rounded to 4 places
+        with np.load(path) as data:
+            assert list(data["user"]) == ["user4", "user6"] == list(users)
+            assert data["ndcg@10"] == pytest.approx([1 / np.log2(3), 1.0])
+        recorder.save(str(path), _TokenDataset(), config, {"ndcg@10": round(expected, 4) + 0.001}, logger)
+        assert len(handler.lines) == 1 and "differs from RecBole's" in handler.lines[0]
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_recorder_shadows_batch_eval_on_the_instance_only():
-    from recbole_linear.workflow.compare_worker import PerUserNDCG
+    from recbole_linear.workflow.per_user import PerUserNDCG
     from recbole_linear.trainer import get_trainer
 
     from recbole.utils import ModelType

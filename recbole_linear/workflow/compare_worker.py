@@ -12,7 +12,7 @@ config, seed, data pipeline, trainer, evaluator), except:
   (``<run_id>-<folder hash>.pth``, see ``compare_runner.checkpoint_name``);
 - the best checkpoint is loaded before the test evaluation, which is timed, and which also
   records every test user's NDCG@10 from the same full-sort scores RecBole's evaluator ranks
-  (:class:`PerUserNDCG`);
+  (:class:`~recbole_linear.workflow.per_user.PerUserNDCG`);
 - training survives interruption: after every epoch the run's state goes to
   ``<checkpoint>.resume.pth``, and a later attempt of the same run (compare retries unfinished
   runs) continues from it, bit-identical to an uninterrupted run; the file is removed once the
@@ -33,8 +33,7 @@ from logging import getLogger
 
 import numpy as np
 
-NDCG_K = 10
-
+from recbole_linear.workflow.per_user import PerUserNDCG
 
 def one_line_error(error):
     """'ExcType: first line of the message' (what runs.csv and the summary show)."""
@@ -72,80 +71,6 @@ def dump_config(config, path):
             values[key] = os.path.relpath(values[key], os.path.abspath(folder))
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(values, f, sort_keys=True, allow_unicode=True)
-
-
-class PerUserNDCG:
-    """Wraps a trainer's batch-eval function and keeps each evaluated user's NDCG@k.
-
-    It ranks the very score matrix the trainer hands to RecBole's collector, with the same
-    ``torch.topk(scores, max(topk))`` call, so ties fall the same way and the mean over users
-    equals RecBole's ``ndcg@k``. NDCG of a user: sum over the top-k of 1/log2(rank + 2) at the
-    positive items, divided by the ideal DCG of min(#positives, k) hits (one target: 1/log2(rank+2)
-    if rank < k else 0). ``seconds`` is the time spent here, subtracted from the latency.
-    """
-
-    def __init__(self, config, k=NDCG_K):
-        import torch
-
-        self.k = k
-        self.depth = max(max(config["topk"] or [k]), k)
-        self.uid_field = config["USER_ID_FIELD"]
-        self.cuda = torch.device(config["device"]).type == "cuda"
-        self.discounts = 1.0 / torch.log2(torch.arange(k, dtype=torch.float64) + 2.0)
-        self.users, self.values = [], []
-        self.seconds = 0.0
-
-    def attach(self, trainer):
-        """Shadow the trainer's batch-eval methods on this instance only (the class is untouched)."""
-        trainer._full_sort_batch_eval = self._wrap(trainer._full_sort_batch_eval, sampled=False)
-        trainer._neg_sample_batch_eval = self._wrap(trainer._neg_sample_batch_eval, sampled=True)
-
-    def _wrap(self, batch_eval, sampled):
-        def recording_batch_eval(batched_data):
-            output = batch_eval(batched_data)
-            self._sync()
-            start = time.perf_counter()
-            interaction, scores, positive_u, positive_i = output
-            if sampled:  # one score row per user; rows of the interaction map to them by row_idx
-                row_users = scores.new_zeros(scores.shape[0], dtype=interaction[self.uid_field].dtype)
-                row_users[batched_data[1]] = interaction[self.uid_field].to(scores.device)
-            else:
-                row_users = interaction[self.uid_field]
-            self._record(row_users, scores, positive_u, positive_i)
-            self.seconds += time.perf_counter() - start
-            return output
-
-        return recording_batch_eval
-
-    def _sync(self):
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-
-    def _record(self, row_users, scores, positive_u, positive_i):
-        import torch
-
-        topk_index = torch.topk(scores, self.depth, dim=-1).indices[:, : self.k]
-        positives = torch.zeros_like(scores, dtype=torch.int)
-        positives[positive_u, positive_i] = 1
-        n_positives = positives.sum(dim=1).cpu()
-        hits = torch.gather(positives, 1, topk_index).cpu().double()
-        dcg = (hits * self.discounts[: hits.shape[1]]).sum(dim=1)
-        ideal = torch.cumsum(self.discounts, 0)[n_positives.clamp(1, self.k) - 1]
-        ndcg = torch.where(n_positives > 0, dcg / ideal, torch.zeros_like(dcg))
-        self.users.append(row_users.cpu().numpy())
-        self.values.append(ndcg.numpy())
-
-    @property
-    def n_users(self):
-        return sum(len(v) for v in self.values)
-
-    def result(self, dataset):
-        """(external user tokens, NDCG@k per evaluated user row)."""
-        ids = np.concatenate(self.users) if self.users else np.zeros(0, dtype=np.int64)
-        values = np.concatenate(self.values) if self.values else np.zeros(0)
-        return np.asarray(dataset.id2token(self.uid_field, ids)).astype(str), values
 
 
 def peak_memory(device=None):
@@ -217,10 +142,7 @@ def train_and_test(spec, facts):
         torch.cuda.synchronize()
     eval_seconds = time.perf_counter() - start - recorder.seconds
 
-    users, ndcg = recorder.result(dataset)
-    os.makedirs(os.path.dirname(spec["per_user_file"]) or ".", exist_ok=True)
-    np.savez(spec["per_user_file"], user=users, **{f"ndcg@{NDCG_K}": ndcg})
-    _check_per_user(logger, config, test_result, ndcg)
+    recorder.save(spec["per_user_file"], dataset, config, test_result, logger)
     logger.info(f"best valid: {dict(best_valid_result)}")
     logger.info(f"test result: {dict(test_result)}")
     resume.discard(resume_file)  # the run is complete: a rerun starts afresh
@@ -275,10 +197,7 @@ def train_and_test_distributed(spec, facts, config):
     eval_seconds = time.perf_counter() - start - recorder.seconds
     if dict(test_result) != dict(trained["test_result"]):
         logger.warning(f"test result here {dict(test_result)} differs from the DDP run's {dict(trained['test_result'])}")
-    users, ndcg = recorder.result(dataset)
-    os.makedirs(os.path.dirname(spec["per_user_file"]) or ".", exist_ok=True)
-    np.savez(spec["per_user_file"], user=users, **{f"ndcg@{NDCG_K}": ndcg})
-    _check_per_user(logger, test_config, test_result, ndcg)
+    recorder.save(spec["per_user_file"], dataset, test_config, test_result, logger)
 
     epoch_seconds = trained["epoch_train_seconds"]
     return {
@@ -295,15 +214,6 @@ def train_and_test_distributed(spec, facts, config):
         "peak_rss_training_mb": training_rss_mb,
         "checkpoint": os.path.abspath(saved_model_file) if os.path.isfile(saved_model_file) else None,
     }
-
-
-def _check_per_user(logger, config, test_result, ndcg):
-    """Warn (in the run's log) if the per-user mean is not RecBole's ndcg@10 up to its rounding."""
-    key = f"ndcg@{NDCG_K}"
-    if key in test_result and len(ndcg):
-        tolerance = 0.5 * 10 ** -config["metric_decimal_place"] + 1e-9
-        if abs(float(np.mean(ndcg)) - float(test_result[key])) > tolerance:
-            logger.warning(f"per-user {key} mean {np.mean(ndcg):.6f} differs from RecBole's {test_result[key]}")
 
 
 # --- dying with the parent -------------------------------------------------------------------

@@ -110,21 +110,14 @@ class _PerUserTest:
         self.recorder, self.dataset = None, None
 
     def __call__(self, config, trainer, dataset):
-        from recbole_linear.workflow.compare_worker import PerUserNDCG
+        from recbole_linear.workflow.per_user import PerUserNDCG
 
         self.recorder, self.dataset = PerUserNDCG(config), dataset
         self.recorder.attach(trainer)
 
     def save(self, path, config, test_result):
         """Write the file; warn (in the log) if its mean is not RecBole's NDCG@10."""
-        import numpy as np
-
-        from recbole_linear.workflow.compare_worker import NDCG_K, _check_per_user
-
-        users, ndcg = self.recorder.result(self.dataset)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        np.savez(path, user=users, **{f"ndcg@{NDCG_K}": ndcg})
-        _check_per_user(getLogger(), config, test_result, ndcg)
+        self.recorder.save(path, self.dataset, config, test_result, getLogger())
 
 
 def write_rows(path, rows):

@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "tune": "recbole_linear.workflow.tune",
     "compare": "recbole_linear.workflow.compare",
     "evaluate": "recbole_linear.workflow.evaluate",
+    "merge": "recbole_linear.workflow.merge",
 }
 
 
@@ -73,6 +74,8 @@ subcommands (each has its own --help):
                {PROG} compare --models=LRURec,SASRec --seeds=2020,2021
   evaluate   score saved models again, e.g. under the official masked protocol
                {PROG} evaluate --runs=DIR --eval_mask_history=True
+  merge      the finished runs of several compare folders in one folder and one summary
+               {PROG} merge --output_dir=DEST SRC1 SRC2
 
 --key=value: every argument of this form that is not an option above is a RecBole config
 override, above config files in precedence (--epochs=50 --hidden_size=64 --topk=[5,10]); values
@@ -83,7 +86,7 @@ are read as Python literals, as RecBole reads its command line. Write it as one 
 
 def run_parser():
     parser = common_parser(PROG, "Train and test one model (plugin or RecBole built-in) on a RecBole dataset.")
-    parser.usage = f"\n  {PROG} --model=MODEL [options] [--key=value ...]\n  {PROG} {{tune,compare,evaluate}} [--help] ..."
+    parser.usage = f"\n  {PROG} --model=MODEL [options] [--key=value ...]\n  {PROG} {{tune,compare,evaluate,merge}} [--help] ..."
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG
     parser.add_argument("--model", "-m", required=True, help="model name, e.g. LRURec, LinRec, GLINTRU, SASRec")

@@ -94,8 +94,8 @@ def test_help_lists_subcommands_and_options(tmp_path):
         assert option in result.stdout
     # the subcommands, each with what it does, and how RecBole settings are given
     lines = result.stdout.splitlines()
-    for subcommand in ("tune", "compare", "evaluate"):
+    for subcommand in ("tune", "compare", "evaluate", "merge"):
         assert any(line.startswith(f"  {subcommand}  ") for line in lines), subcommand
         assert f"run_recbole_linear.py {subcommand} --" in result.stdout
-    assert "{tune,compare,evaluate}" in lines[2]
+    assert "{tune,compare,evaluate,merge}" in lines[2]
     assert "--key=value: every argument of this form" in result.stdout and "'--epochs 50' is refused" in result.stdout

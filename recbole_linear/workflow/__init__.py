@@ -9,6 +9,7 @@ checks, training regimes, distributed training, resuming); the modules here only
   one protocol, one process per run, and its summaries;
 - ``run_log``: a run's validation curve read back from its RecBole log;
 - ``evaluate``: saved checkpoints scored again;
+- ``merge``: finished runs of several compare folders in one folder and summary;
 - ``per_user``: each test user's NDCG@10 (compare's significance test, ``evaluate --per_user``);
 - ``folder_lock``: one command per output folder.
 """

@@ -118,3 +118,52 @@ def test_merge_command_line_errors_are_one_line(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2 and "is the output folder itself" in result.stderr
+
+
+def test_merge_keeps_the_folders_runs_and_refuses_without_touching_it(tmp_path):
+    dest = _folder(tmp_path / "merged", ("LRURec", 2020, "1d5b6105", 0.2), ("LRURec", 2021, "1d5b6105", 0.2, {"status": "failed"}))
+    before = {name: open(os.path.join(dest, name), "rb").read() for name in ("runs.csv",)}
+    # an old row without the protocol columns: its config (no eval_mask_history) says RecBole's unmasked ranking
+    old = _folder(tmp_path / "old", ("SASRec", 2020, "1d5b6105", 0.16, {"mask": ""}))
+    with pytest.raises(ConfigError, match=r"the runs differ in eval_mask_history \(False, True\)"):
+        merge_folders(dest, [old], out=lambda line: None)
+    assert {name: open(os.path.join(dest, name), "rb").read() for name in before} == before
+    assert not os.path.exists(os.path.join(dest, "summary.md"))
+    # a source given as another spelling of the folder itself, or a link to it
+    os.symlink(dest, tmp_path / "link")
+    for alias in (dest + os.sep, str(tmp_path / "link")):
+        with pytest.raises(ConfigError, match="is the output folder itself"):
+            merge_folders(dest, [alias], out=lambda line: None)
+    # a compatible source joins; the folder's failed run stays in runs.csv and in the summary's list
+    sas = _folder(tmp_path / "sas", ("SASRec", 2020, "1d5b6105", 0.16))
+    merge_folders(dest, [sas], out=lambda line: None)
+    assert [(r["run_id"], r["status"]) for r in _rows(dest)] == [
+        ("LRURec-seed2020-1d5b6105", "ok"), ("LRURec-seed2021-1d5b6105", "failed"), ("SASRec-seed2020-1d5b6105", "ok")]
+    assert "LRURec seed=2021: RuntimeError: boom" in open(os.path.join(dest, "summary.md")).read()
+
+
+def test_merge_warns_when_a_run_comes_back_with_other_metrics_and_keeps_the_new_copy(tmp_path):
+    first = _folder(tmp_path / "a", ("SASRec", 2020, "1d5b6105", 0.16))
+    second = _folder(tmp_path / "b", ("SASRec", 2020, "1d5b6105", 0.12))
+    dest = str(tmp_path / "merged")
+    lines = []
+    merge_folders(dest, [first, second], out=lines.append)
+    assert any("has other test metrics than in" in line and f"the copy from '{second}' is kept" in line for line in lines)
+    assert float(_rows(dest)[0]["test_ndcg@10"]) == pytest.approx(float(_rows(second)[0]["test_ndcg@10"]))
+
+
+def test_merge_copies_files_named_by_absolute_paths_into_their_subfolders(tmp_path):
+    source = _folder(tmp_path / "src", ("SASRec", 2020, "1d5b6105", 0.16))
+    rows = _rows(source)
+    for key in ("config_file", "per_user_file", "log_file"):
+        rows[0][key] = os.path.join(source, rows[0][key])  # as older versions stored them
+    rows[0]["log_file"] = str(tmp_path / "gone.log")  # and one that no longer exists
+    compare.write_runs(os.path.join(source, "runs.csv"), rows)
+    dest = str(tmp_path / "merged")
+    lines = []
+    merge_folders(dest, [source], out=lines.append)
+    row = _rows(dest)[0]
+    assert row["config_file"] == os.path.join("configs", "SASRec-seed2020-1d5b6105.yaml")
+    assert row["per_user_file"] == os.path.join("per_user", "SASRec-seed2020-1d5b6105.npz")
+    assert os.path.isfile(os.path.join(dest, row["per_user_file"])) and row["log_file"] == ""
+    assert any("its log_file" in line and "is missing; not copied" in line for line in lines)

@@ -35,6 +35,7 @@ import numpy as np
 
 from recbole_linear.workflow.per_user import PerUserNDCG
 
+
 def one_line_error(error):
     """'ExcType: first line of the message' (what runs.csv and the summary show)."""
     message = str(error).strip().splitlines()

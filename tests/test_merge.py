@@ -71,8 +71,10 @@ def test_merge_copies_finished_runs_with_paths_relative_to_the_new_folder(tmp_pa
     assert "| LRURec | 1/1 |" in summary and "| SASRec | 1/1 |" in summary and "p vs SASRec" in summary
     assert "n/a" not in summary  # both per-user files were found in the new folder
     # merging again changes nothing; the folder's own runs are kept when another one joins
+    lines.clear()
     merge_folders(dest, [lru, sas], out=lines.append)
     assert _rows(dest) == rows
+    assert not any("warning" in line for line in lines)  # the same runs again: nothing to warn about
     more = _folder(tmp_path / "runs" / "more", ("LRURec", 2021, "1d5b6105", 0.21))
     merge_folders(dest, [more], out=lines.append)
     assert [r["run_id"] for r in _rows(dest)] == [r["run_id"] for r in rows] + ["LRURec-seed2021-1d5b6105"]

@@ -43,8 +43,10 @@ def _folder_rows(folder, out, finished_only=True):
     return [r for r in rows if r["status"] == "ok"]
 
 
-def _test_metrics(row):
-    return {k: v for k, v in row.items() if k and k.startswith("test_")}
+def _other_test_metrics(a, b):
+    """Whether two rows of one run report different values for a test metric both have."""
+    keys = [k for k in a if k and k.startswith("test_") and a[k] not in (None, "") and b.get(k) not in (None, "")]
+    return any(float(a[k]) != float(b[k]) for k in keys)
 
 
 def _plan(output_dir, sources, out):
@@ -56,7 +58,7 @@ def _plan(output_dir, sources, out):
     for source in sources:
         for row in _folder_rows(source, out):
             previous = by_id.get(row["run_id"])
-            if previous and previous[1]["status"] == "ok" and _test_metrics(previous[1]) != _test_metrics(row):
+            if previous and previous[1]["status"] == "ok" and _other_test_metrics(previous[1], row):
                 out(f"merge: warning: {row['run_id']} in '{source}' has other test metrics than in "
                     f"'{previous[0]}'; the copy from '{source}' is kept")
             by_id[row["run_id"]] = (source, row)

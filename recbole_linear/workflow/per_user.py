@@ -4,6 +4,7 @@
 summary; ``evaluate --per_user`` stores it per checkpoint. Both use :class:`PerUserNDCG`:
 attach it to the trainer before the test evaluation, then :meth:`PerUserNDCG.save`.
 """
+import os
 import time
 
 import numpy as np
@@ -87,8 +88,6 @@ class PerUserNDCG:
     def save(self, path, dataset, config, test_result, logger):
         """Write ``path`` (.npz: ``user`` tokens, ``ndcg@10``) and warn in ``logger`` if the mean is
         not RecBole's ``ndcg@10`` up to its rounding; returns (users, values)."""
-        import os
-
         users, values = self.result(dataset)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         np.savez(path, user=users, **{f"ndcg@{self.k}": values})

@@ -45,6 +45,7 @@ from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
 from recbole.data.interaction import Interaction
 from recbole.utils import InputType
 
+from recbole_linear.data import LeanSequentialDataset
 from recbole_linear.errors import ConfigError
 
 # RecBole model -> (submodule whose forward output holds every position, how to read that output)
@@ -179,6 +180,62 @@ def build_windows(dataset, max_len, overlap=0):
     return window_users, window_inputs, window_targets, window_lengths
 
 
+def window_bounds(sequence_lengths, max_len, overlap=0):
+    """:func:`cut_windows` for many sequences at once, as positions in each sequence.
+
+    ``sequence_lengths[u]`` is the number of items of sequence ``u`` (at least 2). Returns
+    ``(sequence, start, length, context)`` per window, the windows of each sequence oldest first:
+    its inputs are the items ``start .. start + length - 1`` of its sequence, position ``t``
+    predicts item ``start + t + 1``, and its first ``context`` positions only give context.
+    """
+    targets = np.asarray(sequence_lengths, dtype=np.int64) - 1
+    trained_per_window = max_len - overlap
+    n_windows = -(-targets // trained_per_window)
+    sequence = np.repeat(np.arange(len(targets)), n_windows)
+    index_in_sequence = np.arange(len(sequence)) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
+    # the last target of each window; cut_windows walks these from the end backwards
+    end = targets[sequence] - (n_windows[sequence] - 1 - index_in_sequence) * trained_per_window
+    first = np.maximum(1, end - trained_per_window + 1)
+    start = np.maximum(0, end - max_len)
+    return sequence, start, end - start, first - start - 1
+
+
+class LeanWindows:
+    """The training windows of a :class:`~recbole_linear.data.LeanSequentialDataset`, each kept as
+    four integers (user, start in the sequence store, length, context positions) and gathered
+    into the same ``[windows, L]`` fields as :func:`build_windows` writes out, when a batch is drawn."""
+
+    def __init__(self, dataset, max_len, overlap, target_field_name):
+        users, sequence_starts, n_targets = dataset.training_spans()
+        sequence, start, length, context = window_bounds(n_targets + 1, max_len, overlap)
+        self.users = torch.from_numpy(users[sequence])
+        self.starts = torch.from_numpy(sequence_starts[sequence] + start)
+        self.lengths = torch.from_numpy(length)
+        self.context = torch.from_numpy(context)
+        self.n_targets = int(n_targets.sum())
+        self.items = dataset.sequence_feat[dataset.iid_field]
+        self.max_len = max_len
+        self.fields = (dataset.uid_field, dataset.item_id_list_field, target_field_name, dataset.item_list_length_field)
+
+    def __len__(self):
+        return len(self.users)
+
+    def __getitem__(self, index):
+        index = torch.as_tensor(index, dtype=torch.long)
+        starts, lengths, context = self.starts[index], self.lengths[index], self.context[index]
+        offsets = torch.arange(self.max_len)
+        real = offsets < lengths.unsqueeze(1)
+        trained = real & (offsets >= context.unsqueeze(1))
+        positions = starts.unsqueeze(1) + offsets
+        last = len(self.items) - 1  # positions past a short window's end may run off the store
+        inputs = torch.where(real, self.items[positions.clamp(max=last)], 0)
+        targets = torch.where(trained, self.items[(positions + 1).clamp(max=last)], 0)
+        user_field, inputs_field, targets_field, length_field = self.fields
+        return Interaction(
+            {user_field: self.users[index], inputs_field: inputs, targets_field: targets, length_field: lengths}
+        )
+
+
 class AllPositionTrainDataLoader(AbstractDataLoader):
     """Training batches of ``train_batch_size`` windows, every position a target.
 
@@ -191,17 +248,21 @@ class AllPositionTrainDataLoader(AbstractDataLoader):
     def __init__(self, config, dataset, shuffle=True):
         self.max_len = config["MAX_ITEM_LIST_LENGTH"]
         self.overlap = config["train_window_overlap"] or 0
-        users, inputs, targets, lengths = build_windows(dataset, self.max_len, self.overlap)
-        self.windows = Interaction(
-            {
-                dataset.uid_field: torch.from_numpy(users),
-                dataset.item_id_list_field: torch.from_numpy(inputs),
-                target_field(config): torch.from_numpy(targets),
-                dataset.item_list_length_field: torch.from_numpy(lengths),
-            }
-        )
-        self.sample_size = len(users)
-        self.n_targets = int((targets != 0).sum())
+        if isinstance(dataset, LeanSequentialDataset):
+            self.windows = LeanWindows(dataset, self.max_len, self.overlap, target_field(config))
+            self.n_targets = self.windows.n_targets
+        else:  # RecBole's expanded dataset: every window written out
+            users, inputs, targets, lengths = build_windows(dataset, self.max_len, self.overlap)
+            self.windows = Interaction(
+                {
+                    dataset.uid_field: torch.from_numpy(users),
+                    dataset.item_id_list_field: torch.from_numpy(inputs),
+                    target_field(config): torch.from_numpy(targets),
+                    dataset.item_list_length_field: torch.from_numpy(lengths),
+                }
+            )
+            self.n_targets = int((targets != 0).sum())
+        self.sample_size = len(self.windows)
         self.n_items = dataset.item_num
         self.sample_negatives = config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE
         self._target_field = target_field(config)

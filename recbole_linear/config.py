@@ -153,6 +153,7 @@ _CHECKS = {
     "train_window_overlap": (_non_negative_int, "a non-negative integer"),
     "resume_file": (lambda v: isinstance(v, str) and v != "", "a file path"),
     "ddp_backend": (lambda v: v in ("auto", "gloo", "nccl"), "auto, gloo or nccl"),
+    "sequence_storage": (lambda v: v in ("lean", "expanded"), "lean or expanded"),
 }
 
 

@@ -12,7 +12,6 @@ from logging import getLogger
 
 import torch
 
-from recbole.data import create_dataset, data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
@@ -20,6 +19,7 @@ import recbole_linear  # noqa: F401  (registers the plugin models, also in spawn
 from recbole_linear import distributed, resume
 from recbole_linear.all_positions import AllPositionTrainDataLoader
 from recbole_linear.config import create_config, override_config
+from recbole_linear.data import create_dataset
 from recbole_linear.data_checks import check_atomic_files, split_dataset
 from recbole_linear.errors import ConfigError, DatasetNotFoundError, RecBoleLinearError
 from recbole_linear.registry import get_model
@@ -237,7 +237,7 @@ def read_recbole_checkpoint(model_file):
 
 
 # what may change when a saved model is loaded again: how it is evaluated, not what it learned from
-EVALUATION_OVERRIDES = ("eval_mask_history", "eval_batch_size", "data_path")
+EVALUATION_OVERRIDES = ("eval_mask_history", "eval_batch_size", "data_path", "sequence_storage")
 
 
 def load_data_and_model(model_file, cmd_args=None):
@@ -259,7 +259,7 @@ def load_data_and_model(model_file, cmd_args=None):
     check_dataset(config)
     dataset = create_dataset(config)
     logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data, valid_data, test_data = split_dataset(config, dataset)
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     model.load_state_dict(checkpoint["state_dict"])

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import sys
 
+from recbole_linear.data.storage import register_dataset
 from recbole_linear.errors import UnknownModelError
 
 _SEQUENTIAL_PACKAGE = "recbole.model.sequential_recommender"
@@ -33,7 +34,8 @@ _RECBOLE_SUBMODULES = (
 
 def register_model(model_class, aliases=()):
     """Expose ``model_class`` to RecBole's name lookup (and under each alias), and make RecBole's
-    own ``Config`` and ``get_trainer`` work for it (see :mod:`recbole_linear.recbole_compat`)."""
+    own ``Config``, ``get_trainer`` (see :mod:`recbole_linear.recbole_compat`) and
+    ``create_dataset`` (see :mod:`recbole_linear.data.storage`) work for it."""
     from recbole_linear import recbole_compat
     from recbole_linear.config import load_model_properties
 
@@ -49,6 +51,7 @@ def register_model(model_class, aliases=()):
     recbole_compat.declare_input_type(model_class, load_model_properties(name).get("loss_type"))
     for spelling in (name, *aliases):
         recbole_compat.register_trainer(spelling)
+        register_dataset(spelling)
     return model_class
 
 

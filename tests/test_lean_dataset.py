@@ -6,9 +6,7 @@ batch RecBole's expanded ``SequentialDataset`` gives under the same seed, and sh
 model end with bit-identical metrics, also after a resume, on two processes and for a checkpoint
 evaluated again. The lean dataset's storage does not grow with ``MAX_ITEM_LIST_LENGTH``.
 """
-import ast
-import os
-import re
+import pickle
 
 import numpy as np
 import pytest
@@ -168,7 +166,11 @@ def test_which_dataset_each_model_gets():
 
 def test_recboles_own_create_dataset_picks_the_lean_dataset_for_plugin_models():
     config = Config(model="LRURec", dataset="ml-100k", config_dict={"MAX_ITEM_LIST_LENGTH": 20})
-    assert isinstance(recbole_create_dataset(config), LeanSequentialDataset)
+    dataset = recbole_create_dataset(config)
+    assert isinstance(dataset, LeanSequentialDataset)
+    train, _, _ = data_preparation(config, dataset)  # the split copies the dataset
+    assert type(train._dataset) is type(dataset) and len(train._dataset[np.arange(2)]["item_id_list"]) == 2
+    assert type(pickle.loads(pickle.dumps(train._dataset))) is type(dataset)  # save_dataset pickles it
     config = Config(model="LRURec", dataset="ml-100k", config_dict={"sequence_storage": "expanded"})
     assert type(recbole_create_dataset(config)) is SequentialDataset
     config = Config(model="SASRec", dataset="ml-100k", config_dict={"train_neg_sample_args": None})
@@ -247,3 +249,27 @@ def test_two_process_runs_end_with_the_same_metrics_on_either_storage(tmp_path, 
         assert run.returncode == 0, output[-3000:]
         printed[storage] = (printed_metrics(output, "best valid"), printed_metrics(output, "test result"))
     assert printed["lean"] == printed["expanded"]
+
+
+def test_the_interaction_file_is_read_as_recboles_reader_reads_it(tmp_path):
+    """The C parser gives RecBole's DataFrame: tokens as written (leading zeros kept), floats to the bit."""
+    from pandas.testing import assert_frame_equal
+    from recbole.data.dataset import Dataset as RecBoleDataset
+    from recbole.utils import FeatureSource
+
+    rng = np.random.default_rng(1)
+    floats = ["0.1", "1e-300", "123456789.123456789", "-0", "2.2250738585072014e-308", "0.30000000000000004"]
+    floats += [repr(x) for x in rng.normal(size=40) * 10.0 ** rng.integers(-20, 20, size=40)]
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    with open(folder / "odd.inter", "w") as f:
+        f.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
+        for i, value in enumerate(floats):
+            f.write(f"{i % 5:03d}\t{'0' * (i % 3)}{i}\t{value}\t{i}\n")
+    config = create_config("LRURec", "odd", config_dict={"data_path": str(tmp_path), **WITH_TIME_AND_RATING})
+    dataset = create_dataset(config)
+    path = str(folder / "odd.inter")
+    ours = LeanSequentialDataset._load_feat(dataset, path, FeatureSource.INTERACTION)
+    recboles = RecBoleDataset._load_feat(dataset, path, FeatureSource.INTERACTION)
+    assert_frame_equal(ours, recboles, check_exact=True)
+    assert ours["item_id"].iloc[1] == "01" and list(ours.columns) == ["user_id", "item_id", "rating", "timestamp"]

@@ -82,8 +82,8 @@ class PluginSequentialDataset(LeanSequentialDataset):
     """The class RecBole's ``create_dataset`` finds for a plugin model: the lean dataset, or
     RecBole's ``SequentialDataset`` when ``sequence_storage: expanded``."""
 
-    def __new__(cls, config):
-        if storage_for(config) == "expanded":
+    def __new__(cls, config=None):  # copy and pickle call it without arguments
+        if config is not None and storage_for(config) == "expanded":
             return SequentialDataset(config)
         return super().__new__(cls)
 

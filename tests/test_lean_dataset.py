@@ -7,6 +7,7 @@ model end with bit-identical metrics, also after a resume, on two processes and 
 evaluated again. The lean dataset's storage does not grow with ``MAX_ITEM_LIST_LENGTH``.
 """
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -195,28 +196,47 @@ def two_epochs(tiny_run_dict, **settings):
     return {**tiny_run_dict, "epochs": 2, "metric_decimal_place": 10, **settings}
 
 
+@pytest.fixture
+def lean_batches(monkeypatch):
+    """Counts the batches the lean dataset gathers (so a run cannot pass on RecBole's dataset alone)."""
+    counter = {"batches": 0}
+    original = LeanSequentialDataset.gather_lists
+
+    def counting(self, *args):
+        counter["batches"] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(LeanSequentialDataset, "gather_lists", counting)
+    return counter
+
+
 @pytest.mark.parametrize("case", RUNS)
-def test_two_epoch_runs_end_with_bit_identical_metrics(case, tiny_run_dict, tmp_path, monkeypatch):
+def test_two_epoch_runs_end_with_bit_identical_metrics(case, tiny_run_dict, tmp_path, monkeypatch, lean_batches):
     monkeypatch.chdir(tmp_path)
     model, settings = RUNS[case]
-    results = {
-        storage: run_recbole_linear(model, TINY_DATASET, config_dict=two_epochs(tiny_run_dict, sequence_storage=storage, **settings))
-        for storage in ("lean", "expanded")
-    }
+    results, batches = {}, {}
+    for storage in ("lean", "expanded"):
+        before = lean_batches["batches"]
+        config_dict = two_epochs(tiny_run_dict, sequence_storage=storage, **settings)
+        results[storage] = run_recbole_linear(model, TINY_DATASET, config_dict=config_dict)
+        batches[storage] = lean_batches["batches"] - before
+    assert batches["lean"] > 0 and batches["expanded"] == 0
     lean, expanded = results["lean"], results["expanded"]
     assert dict(lean["best_valid_result"]) == dict(expanded["best_valid_result"])
     assert dict(lean["test_result"]) == dict(expanded["test_result"])
     assert lean["best_valid_score"] == expanded["best_valid_score"]
 
 
-def test_a_resumed_lean_run_equals_an_uninterrupted_expanded_run(tiny_run_dict, tmp_path, monkeypatch):
+def test_a_resumed_lean_run_equals_an_uninterrupted_expanded_run(tiny_run_dict, tmp_path, monkeypatch, lean_batches):
     monkeypatch.chdir(tmp_path)
     settings = two_epochs(tiny_run_dict, epochs=3)
     reference = run_recbole_linear("LRURec", TINY_DATASET, config_dict=dict(settings, sequence_storage="expanded"))
     path = str(tmp_path / "resume.pth")
     state = crash_after_first_save("LRURec", dict(settings, sequence_storage="lean"), path)
     assert state["epoch"] == 0
+    before = lean_batches["batches"]
     resumed = run_recbole_linear("LRURec", TINY_DATASET, config_dict=dict(settings, sequence_storage="lean", resume_file=path))
+    assert lean_batches["batches"] > before
     assert dict(resumed["test_result"]) == dict(reference["test_result"])
     assert dict(resumed["best_valid_result"]) == dict(reference["best_valid_result"])
 
@@ -247,6 +267,7 @@ def test_two_process_runs_end_with_the_same_metrics_on_either_storage(tmp_path, 
         run = run_in_own_group(["--model=LRURec", "--nproc=2", f"--port={free_port()}", *flags], cwd=tmp_path)
         output = run.stdout + run.stderr
         assert run.returncode == 0, output[-3000:]
+        assert f"sequence_storage: {storage}" in re.sub(r"\x1b\[[0-9;]*m", "", output)
         printed[storage] = (printed_metrics(output, "best valid"), printed_metrics(output, "test result"))
     assert printed["lean"] == printed["expanded"]
 

@@ -38,22 +38,35 @@ EXPANDED_ONLY = {
 
 def storage_for(config):
     """``'lean'`` or ``'expanded'`` for this config (see the module docstring)."""
+    return choose_storage(config)[0]
+
+
+def choose_storage(config):
+    """``(storage, why)``: the dataset this config gets, and the reason in a few words."""
     asked = config["sequence_storage"] or "lean"  # RecBole's own Config does not read the plugin's defaults
     if asked not in STORAGES:
         raise ConfigError(f"invalid value for 'sequence_storage': {asked!r} (expected lean or expanded)")
-    if asked == "expanded" or config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
-        return "expanded"
-    own_class = getattr(recbole.data.dataset, f"{config['model']}Dataset", None)
+    model = config["model"]
+    own_class = getattr(recbole.data.dataset, f"{model}Dataset", None)
+    if asked == "expanded":
+        return "expanded", "RecBole's SequentialDataset, every prefix written out, as asked"
+    if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+        return "expanded", f"{model} is not a sequential model"
     if own_class is not None and not issubclass(own_class, LeanSequentialDataset):
-        return "expanded"
-    if config["benchmark_filename"] is not None or config["model"] in EXPANDED_ONLY:
-        return "expanded"
-    return "lean"
+        return "expanded", f"RecBole gives {model} its own {own_class.__name__}"
+    if config["benchmark_filename"] is not None:
+        return "expanded", "benchmark_filename: the files hold the lists already"
+    if model in EXPANDED_ONLY:
+        return "expanded", f"{model}: {EXPANDED_ONLY[model]}"
+    return "lean", "each interaction stored once, input lists gathered per batch"
 
 
 def create_dataset(config):
     """RecBole's ``create_dataset``, with the lean dataset where :func:`storage_for` picks it."""
-    if storage_for(config) == "expanded":
+    storage, why = choose_storage(config)
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        getLogger().info(set_color("sequence_storage", "blue") + f": {storage} ({why})")
+    if storage == "expanded":
         return recbole_create_dataset(config)
     return _load_or_build(config, LeanSequentialDataset)
 

@@ -99,15 +99,20 @@ def make_batch(model, batch_size, seq_len, n_items, device="cpu", seed=0):
     return Interaction(fields).to(device)
 
 
-def inference_step(model, interaction):
-    model.eval()
+def inference_step(model, interaction, set_mode=True):
+    """``full_sort_predict`` under ``torch.no_grad()``, in eval mode (set here unless ``set_mode`` is
+    False: a caller that sets it outside the timed call)."""
+    if set_mode:
+        model.eval()
     with torch.no_grad():
         model.full_sort_predict(interaction)
 
 
-def train_step(model, optimizer, interaction):
-    model.train()
-    optimizer.zero_grad(set_to_none=False)
+def train_step(model, optimizer, interaction, set_to_none=False, set_mode=True):
+    """``calculate_loss`` + ``backward`` + ``optimizer.step()`` in train mode (``set_mode`` as above)."""
+    if set_mode:
+        model.train()
+    optimizer.zero_grad(set_to_none=set_to_none)
     model.calculate_loss(interaction).backward()
     optimizer.step()
 

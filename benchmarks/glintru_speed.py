@@ -17,27 +17,24 @@ Usage (writes benchmarks/results/glintru_speed.md)::
     python benchmarks/glintru_speed.py [--threads 1 2] [--lengths 50 200] [--reps 5] [--batch-size 128]
                                        [--n-items 3000] [--hidden 64]
 """
-import argparse
 import os
 import platform
 import statistics
 import sys
-import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import speed_harness as harness  # noqa: E402  (repository root on sys.path, anomaly mode off)
+from common import cpu_name, inference_step, train_step  # noqa: E402
 
-from recbole.data.interaction import Interaction  # noqa: E402
 from recbole.model.sequential_recommender.gru4rec import GRU4Rec  # noqa: E402
 from recbole.model.sequential_recommender.sasrec import SASRec  # noqa: E402
 
 from recbole_linear.model.glintru import GLINTRU  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import SyntheticDataset, cpu_name  # noqa: E402
-
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "glintru_speed.md")
+MODES = ("inference", "training")
 
 
 class GLINTRUFullTail(GLINTRU):
@@ -70,65 +67,31 @@ def model_configs(hidden):
     }
 
 
-def build(model_class, keys, n_items, max_len):
-    config = {
-        "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "LIST_SUFFIX": "_list",
-        "ITEM_LIST_LENGTH_FIELD": "item_length", "NEG_PREFIX": "neg_", "MAX_ITEM_LIST_LENGTH": max_len,
-        "device": torch.device("cpu"), **keys,
-    }
-    return model_class(config, SyntheticDataset(n_items))
-
-
-def make_batch(n_items, batch_size, max_len, generator):
-    """Right-padded sequences with lengths uniform in [1, L] (every model here processes all L positions)."""
-    lengths = torch.randint(1, max_len + 1, (batch_size,), generator=generator)
-    seq = torch.randint(1, n_items, (batch_size, max_len), generator=generator)
-    seq = seq.masked_fill(torch.arange(max_len).unsqueeze(0) >= lengths.unsqueeze(1), 0)
-    target = torch.randint(1, n_items, (batch_size,), generator=generator)
-    return Interaction({"item_id_list": seq, "item_length": lengths, "item_id": target})
-
-
-def inference_step(model, interaction):
-    with torch.no_grad():
-        model.full_sort_predict(interaction)
-
-
-def training_step(model, optimizer, interaction):
-    optimizer.zero_grad()
-    model.calculate_loss(interaction).backward()
-    optimizer.step()
-
-
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def step_job(mode, model, optimizer, interaction):
+    """The timed call for ``mode``; the model's train/eval mode is set here, outside the timed call."""
+    model.train(mode == "training")
+    if mode == "inference":
+        return lambda: inference_step(model, interaction, set_mode=False)
+    return lambda: train_step(model, optimizer, interaction, set_to_none=True, set_mode=False)
 
 
 def bench_length(max_len, args):
     """{(model name, mode): median ms} and {model name: parameter count} at one sequence length."""
     torch.manual_seed(0)
-    interaction = make_batch(args.n_items, args.batch_size, max_len, torch.Generator().manual_seed(max_len))
+    generator = torch.Generator().manual_seed(max_len)
+    interaction = harness.right_padded_batch(args.n_items, args.batch_size, max_len, generator)
     models = {}
     for name, (model_class, keys) in model_configs(args.hidden).items():
         torch.manual_seed(0)
-        model = build(model_class, keys, args.n_items, max_len)
+        model = harness.build(model_class, keys, args.n_items, max_len)
         models[name] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
 
     results = {}
-    for mode in ("inference", "training"):
-        samples = {name: [] for name in models}
-        for rep in range(args.warmup + args.reps):
-            for name, (model, optimizer) in models.items():
-                if mode == "inference":
-                    model.eval()
-                    elapsed = timed(lambda: inference_step(model, interaction))
-                else:
-                    model.train()
-                    elapsed = timed(lambda: training_step(model, optimizer, interaction))
-                if rep >= args.warmup:
-                    samples[name].append(elapsed * 1000.0)
-        for name, values in samples.items():
+    for mode in MODES:
+        jobs = {name: step_job(mode, model, optimizer, interaction) for name, (model, optimizer) in models.items()}
+        times = harness.interleaved_times(jobs, args.reps, warmup_rounds=args.warmup)
+        for name, seconds in times.items():
+            values = [s * 1000.0 for s in seconds]
             results[(name, mode)] = statistics.median(values)
             print(f"threads={torch.get_num_threads()} L={max_len:4d} {mode:9s} {name:24s} "
                   f"median {results[(name, mode)]:8.2f} ms (min {min(values):.2f}, max {max(values):.2f})", flush=True)
@@ -136,12 +99,12 @@ def bench_length(max_len, args):
     return results, parameters
 
 
-def write_table(all_results, all_parameters, args, command, load_before, load_after, seconds):
+def report_lines(all_results, all_parameters, args, command, clock):
     names = list(model_configs(args.hidden))
     lines = [
         "# GLINT-RU speed on CPU vs RecBole SASRec and GRU4Rec",
         "",
-        f"Command: `{command}` (from the repository root; {seconds:.0f} s).",
+        f"Command: `{command}` (from the repository root; {clock.seconds:.0f} s).",
         "",
         f"- Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.platform()}; "
         f"torch {torch.__version__}; torch threads as in the table (`torch.set_num_threads`).",
@@ -150,8 +113,8 @@ def write_table(all_results, all_parameters, args, command, load_before, load_af
         "`nn.GRU(64, 64)` over 128×200 took ~35 ms with 1 thread and 125–1,000 ms with 2). The 2-thread rows "
         "are dominated by that noise (min–max spreads of several ×); the 1-thread rows are the fair comparison.",
         f"- **The CPU was shared with other engineers' jobs while this ran** (1-min load average "
-        f"{load_before:.2f} before, {load_after:.2f} after, on {os.cpu_count()} CPUs): absolute times are noisy; "
-        f"the ratios come from interleaved repetitions and are the more reliable numbers.",
+        f"{clock.load_before:.2f} before, {clock.load_after:.2f} after, on {os.cpu_count()} CPUs): absolute times "
+        "are noisy; the ratios come from interleaved repetitions and are the more reliable numbers.",
         f"- Batch {args.batch_size}, {args.n_items} items, hidden size {args.hidden} for every model; "
         f"median of {args.reps} interleaved repetitions after {args.warmup} warm-up round(s).",
         "- Inference: `full_sort_predict` (scores for all items), eval mode, `torch.no_grad()`.",
@@ -167,18 +130,19 @@ def write_table(all_results, all_parameters, args, command, load_before, load_af
         "- GLINT-RU, tail at all N: the same model, but the position-wise mixing block and gated MLP run at "
         "all N positions before the read-out, as in the official code (same output; shows the saving).",
         "",
-        "| threads | L | model | params | inference ms | × SASRec | train step ms | × SASRec |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for (threads, max_len), results in all_results.items():
         base_inf = results[("SASRec", "inference")]
         base_train = results[("SASRec", "training")]
         for name in names:
             inf, train = results[(name, "inference")], results[(name, "training")]
-            lines.append(
-                f"| {threads} | {max_len} | {name} | {all_parameters[max_len][name]:,} | "
-                f"{inf:.1f} | {inf / base_inf:.2f} | {train:.1f} | {train / base_train:.2f} |"
-            )
+            rows.append([threads, max_len, name, f"{all_parameters[max_len][name]:,}",
+                         f"{inf:.1f}", f"{inf / base_inf:.2f}", f"{train:.1f}", f"{train / base_train:.2f}"])
+    lines += harness.markdown_table(
+        ["threads", "L", "model", "params", "inference ms", "× SASRec", "train step ms", "× SASRec"], rows,
+        align="rrlrrrrr",
+    )
     longest = max(max_len for _, max_len in all_results)
     lines.append("")
     for (threads, max_len), results in all_results.items():
@@ -189,23 +153,15 @@ def write_table(all_results, all_parameters, args, command, load_before, load_af
         lines.append(f"- Target (GLINT-RU inference ≤ 1.0× SASRec at L={longest}), {threads} thread(s): "
                      f"**{verdict}** ({ratio:.2f}× in this run).")
     for (threads, max_len), results in all_results.items():
-        ratio = {
-            mode: results[("GLINT-RU", mode)] / results[("GLINT-RU, tail at all N", mode)]
-            for mode in ("inference", "training")
-        }
+        ratio = {mode: results[("GLINT-RU", mode)] / results[("GLINT-RU, tail at all N", mode)] for mode in MODES}
         lines.append(f"- Tail at the read-out position only, as a fraction of the tail at all N, {threads} thread(s), "
                      f"L={max_len}: inference {ratio['inference']:.2f}×, training step {ratio['training']:.2f}×.")
     lines.append("")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    return lines
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[50, 200])
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser = harness.argument_parser(__doc__, lengths=[50, 200], batch_size=128)
     parser.add_argument("--n-items", type=int, default=3000)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -215,15 +171,13 @@ def main():
     args = parser.parse_args()
 
     command = "python " + " ".join(["benchmarks/glintru_speed.py", *sys.argv[1:]])
-    load_before = os.getloadavg()[0]
-    start = time.perf_counter()
+    clock = harness.RunClock()
     all_results, all_parameters = {}, {}
     for threads in args.threads:
         torch.set_num_threads(threads)
         for max_len in args.lengths:
             all_results[(threads, max_len)], all_parameters[max_len] = bench_length(max_len, args)
-    write_table(all_results, all_parameters, args, command, load_before, os.getloadavg()[0],
-                time.perf_counter() - start)
+    harness.write_report(args.out, report_lines(all_results, all_parameters, args, command, clock.stop()))
 
 
 if __name__ == "__main__":

@@ -26,20 +26,18 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+import torch
 
-import torch  # noqa: E402
-from recbole.data.interaction import Interaction  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import speed_harness as harness  # noqa: E402  (repository root on sys.path, anomaly mode off)
+from common import fit_exponent, inference_step, train_step  # noqa: E402
+
 from recbole.model.sequential_recommender.sasrec import SASRec  # noqa: E402
 
 from recbole_linear.model.linrec import LinRec  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import SyntheticDataset, cpu_name, fit_exponent  # noqa: E402
-
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "linrec_speed.md")
 MODELS = ("SASRec", "LinRec", "LinRec-causal")
 MODES = ("inference", "train")
 N_ITEMS = 2000
@@ -58,52 +56,43 @@ SHARED_CONFIG = {  # RecBole SASRec's default width/depth/heads, used for both m
 
 
 def build(model_name, max_len):
-    config = {
-        "USER_ID_FIELD": "user_id",
-        "ITEM_ID_FIELD": "item_id",
-        "LIST_SUFFIX": "_list",
-        "ITEM_LIST_LENGTH_FIELD": "item_length",
-        "NEG_PREFIX": "neg_",
-        "MAX_ITEM_LIST_LENGTH": max_len,
-        "device": torch.device("cpu"),
+    keys = {
         "linrec_padding_mask": False,
         "linrec_causal": model_name == "LinRec-causal",
         "linrec_chunk_size": 64,
         **SHARED_CONFIG,
     }
-    model_class = SASRec if model_name == "SASRec" else LinRec
-    model = model_class(config, SyntheticDataset(N_ITEMS))
+    model = harness.build(SASRec if model_name == "SASRec" else LinRec, keys, N_ITEMS, max_len)
     return model, torch.optim.Adam(model.parameters(), lr=1e-3)
 
 
 def make_batch(batch_size, seq_len, seed=0):
-    """Full-length histories (no padding): the long-sequence case."""
-    generator = torch.Generator().manual_seed(seed)
-    return Interaction(
-        {
-            "item_id_list": torch.randint(1, N_ITEMS, (batch_size, seq_len), generator=generator),
-            "item_length": torch.full((batch_size,), seq_len, dtype=torch.long),
-            "item_id": torch.randint(1, N_ITEMS, (batch_size,), generator=generator),
-        }
-    )
+    return harness.full_length_batch(N_ITEMS, batch_size, seq_len, seed=seed)
 
 
 def run_step(model, optimizer, interaction, mode):
     if mode == "inference":
-        model.eval()
-        with torch.no_grad():
-            model.full_sort_predict(interaction)
+        inference_step(model, interaction)
     else:
-        model.train()
-        optimizer.zero_grad(set_to_none=False)
-        model.calculate_loss(interaction).backward()
-        optimizer.step()
+        train_step(model, optimizer, interaction, set_to_none=False)
 
 
-def timed(model, optimizer, interaction, mode):
-    start = time.perf_counter()
-    run_step(model, optimizer, interaction, mode)
-    return time.perf_counter() - start
+# ---------------------------------------------------------------- time (all models in this process)
+
+
+def measure_times(n, args):
+    """{(model, n, mode): [seconds per repetition]} at length ``n``."""
+    torch.manual_seed(0)
+    built = {m: build(m, n) for m in MODELS}
+    interaction = make_batch(args.batch_size, n)
+    warm_up = make_batch(args.batch_size, max(8, n // 4), seed=1)  # a quarter length: cheap for SASRec
+    for m in MODELS:
+        for mode in MODES:
+            run_step(*built[m], warm_up, mode)
+    jobs = {
+        (m, n, mode): (lambda m=m, mode=mode: run_step(*built[m], interaction, mode)) for mode in MODES for m in MODELS
+    }
+    return harness.interleaved_times(jobs, args.repeats)
 
 
 # ---------------------------------------------------------------- memory (one subprocess each)
@@ -135,18 +124,18 @@ def measure_peak_memory(model_name, seq_len, mode, args):
 # ---------------------------------------------------------------- report
 
 
-def write_report(path, args, times, memory, load_before, load_after, wall_seconds):
+def report_lines(args, times, memory, clock):
     lengths = args.lengths
     lines = [
         "# LinRec vs SASRec: time and peak memory against sequence length (CPU)",
         "",
-        f"- Machine: {cpu_name()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}; "
+        f"- Machine: {harness.machine_line()}; "
         f"Python {platform.python_version()}, torch {torch.__version__}; torch threads: {args.threads}.",
         f"- **The CPU was shared with other engineers' jobs while this ran** (1-min load average "
-        f"{load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} cores): absolute times are noisy; "
-        "the ratios are more reliable because the models are timed interleaved.",
+        f"{clock.load_before:.1f} before, {clock.load_after:.1f} after, on {os.cpu_count()} cores): absolute times "
+        "are noisy; the ratios are more reliable because the models are timed interleaved.",
         f"- Command: `python benchmarks/linrec_speed.py --lengths {' '.join(map(str, lengths))} "
-        f"--batch-size {args.batch_size} --repeats {args.repeats} --threads {args.threads}` (took {wall_seconds:.0f} s).",
+        f"--batch-size {args.batch_size} --repeats {args.repeats} --threads {args.threads}` (took {clock.seconds:.0f} s).",
         f"- Models: hidden_size {SHARED_CONFIG['hidden_size']}, inner_size {SHARED_CONFIG['inner_size']}, "
         f"n_layers {SHARED_CONFIG['n_layers']}, n_heads {SHARED_CONFIG['n_heads']}, dropout 0.2, CE loss over "
         f"{N_ITEMS} items; batch {args.batch_size} full-length sequences. LinRec = default (official, non-causal); "
@@ -157,28 +146,28 @@ def write_report(path, args, times, memory, load_before, load_after, wall_second
         "max RSS after building the model, batch and optimiser and warming up on 8 positions.",
         "",
     ]
+    columns = [
+        "L", "SASRec ms", "LinRec ms", "LinRec-causal ms", "LinRec/SASRec time", "SASRec MiB", "LinRec MiB",
+        "LinRec-causal MiB", "LinRec/SASRec memory",
+    ]
     for mode in MODES:
-        lines += [
-            f"## {mode}",
-            "",
-            "| L | SASRec ms | LinRec ms | LinRec-causal ms | LinRec/SASRec time | SASRec MiB | LinRec MiB | "
-            "LinRec-causal MiB | LinRec/SASRec memory |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
+        rows = []
         for n in lengths:
             t = {m: statistics.median(times[(m, n, mode)]) * 1e3 for m in MODELS}
             mem = {m: memory[(m, n, mode)] for m in MODELS}
             mem_ratio = mem["LinRec"] / mem["SASRec"] if mem["SASRec"] > 0 else float("nan")
-            lines.append(
-                f"| {n} | {t['SASRec']:.1f} | {t['LinRec']:.1f} | {t['LinRec-causal']:.1f} | "
-                f"{t['LinRec'] / t['SASRec']:.3f} | {mem['SASRec']:.1f} | {mem['LinRec']:.1f} | "
-                f"{mem['LinRec-causal']:.1f} | {mem_ratio:.3f} |"
-            )
-        lines.append("")
-    lines += ["## Growth of time with L (log-log least-squares exponent)", "", "| model | inference | train |", "|---|---:|---:|"]
+            rows.append([
+                n, f"{t['SASRec']:.1f}", f"{t['LinRec']:.1f}", f"{t['LinRec-causal']:.1f}",
+                f"{t['LinRec'] / t['SASRec']:.3f}", f"{mem['SASRec']:.1f}", f"{mem['LinRec']:.1f}",
+                f"{mem['LinRec-causal']:.1f}", f"{mem_ratio:.3f}",
+            ])
+        lines += [f"## {mode}", ""] + harness.markdown_table(columns, rows, align="r" * len(columns)) + [""]
+    lines += ["## Growth of time with L (log-log least-squares exponent)", ""]
+    rows = []
     for m in MODELS:
         exps = [fit_exponent(lengths, [statistics.median(times[(m, n, mode)]) for n in lengths]) for mode in MODES]
-        lines.append(f"| {m} | {exps[0]:.2f} | {exps[1]:.2f} |")
+        rows.append([m, f"{exps[0]:.2f}", f"{exps[1]:.2f}"])
+    lines += harness.markdown_table(["model", "inference", "train"], rows, align="lrr")
     lines += [
         "",
         "An exponent below 1 does not mean sub-linear attention: a per-step cost that does not grow with L "
@@ -202,24 +191,18 @@ def write_report(path, args, times, memory, load_before, load_after, wall_second
             verdict = "met" if exponent <= 1.15 else "NOT met"
             targets.append(f"- LinRec time growth ({mode}): exponent {exponent:.2f} (target: linear, <= 1.15): {verdict}")
     lines += ["## Targets", ""] + targets + [""]
-    lines.append("Raw timings (seconds, in repetition order):")
-    lines.append("")
-    lines.append("```")
+    lines += ["Raw timings (seconds, in repetition order):", "", "```"]
     for key in sorted(times, key=lambda k: (k[2], k[1], MODELS.index(k[0]))):
         lines.append(f"{key[0]:14s} L={key[1]:<5d} {key[2]:9s} " + " ".join(f"{s:.4f}" for s in times[key]))
-    lines.append("```")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines += ["```", ""]
+    return lines
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[200, 1000, 2000])
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser = harness.argument_parser(__doc__, lengths=[200, 1000, 2000], batch_size=16, full_doc=True)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output", default=os.path.join(REPO_ROOT, "benchmarks", "results", "linrec_speed.md"))
+    parser.add_argument("--output", default=RESULTS)
     parser.add_argument("--memory-worker", nargs=3, metavar=("MODEL", "L", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
@@ -228,7 +211,7 @@ def main():
         return
 
     torch.set_num_threads(args.threads)
-    started, load_before = time.perf_counter(), os.getloadavg()[0]
+    clock = harness.RunClock()
     memory = {}
     for n in args.lengths:
         for model_name in MODELS:
@@ -238,21 +221,10 @@ def main():
 
     times = {}
     for n in args.lengths:
-        torch.manual_seed(0)
-        built = {m: build(m, n) for m in MODELS}
-        interaction = make_batch(args.batch_size, n)
-        warm_up = make_batch(args.batch_size, max(8, n // 4), seed=1)  # a quarter length: cheap for SASRec
-        for m in MODELS:
-            for mode in MODES:
-                run_step(*built[m], warm_up, mode)
-        for _ in range(args.repeats):
-            for mode in MODES:
-                for m in MODELS:
-                    times.setdefault((m, n, mode), []).append(timed(*built[m], interaction, mode))
+        times.update(measure_times(n, args))
         print(f"timed L={n}", flush=True)
-        del built
 
-    write_report(args.output, args, times, memory, load_before, os.getloadavg()[0], time.perf_counter() - started)
+    harness.write_report(args.output, report_lines(args, times, memory, clock.stop()))
 
 
 if __name__ == "__main__":

@@ -15,24 +15,20 @@ Run from the repository root (writes benchmarks/results/lrurec_speed.md):
 
     python benchmarks/lrurec_speed.py
 """
-import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import speed_harness as harness  # noqa: E402  (repository root on sys.path, anomaly mode off)
+from common import inference_step, train_step  # noqa: E402
 
 from recbole.model.sequential_recommender.sasrec import SASRec  # noqa: E402
 
 from recbole_linear.model.lrurec import LRURec  # noqa: E402
-from tests.helpers import ITEM_SEQ, ITEM_SEQ_LEN, build_model, random_batch  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402,F401  (anomaly mode off, as in training runs)
+from tests.helpers import ITEM_SEQ, ITEM_SEQ_LEN, build_model  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "lrurec_speed.md")
 SASREC_CONFIG = dict(
@@ -43,9 +39,7 @@ LRUREC_CONFIG = dict(hidden_size=64, n_layers=2, dropout_prob=0.2, lru_dropout_p
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[50, 200, 1000])
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser = harness.argument_parser(__doc__, lengths=[50, 200, 1000], batch_size=64)
     parser.add_argument("--n-items", type=int, default=3000)
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions (L <= 200)")
     parser.add_argument("--long-reps", type=int, default=3, help="timed repetitions for L > 200")
@@ -54,48 +48,16 @@ def parse_args():
     return parser.parse_args()
 
 
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def full_window_batch(n_items, batch_size, length, seed):
-    batch = random_batch(n_items, batch_size, length, generator=torch.Generator().manual_seed(seed))
+    batch = harness.right_padded_batch(n_items, batch_size, length, generator=torch.Generator().manual_seed(seed))
     batch[ITEM_SEQ_LEN][0] = length  # one row spans the window: no padding column can be cut
     batch[ITEM_SEQ][0] = torch.randint(1, n_items, (length,), generator=torch.Generator().manual_seed(seed + 1))
     return batch
 
 
-def inference(model, batch):
-    def run():
-        model.eval()
-        with torch.no_grad():
-            model.full_sort_predict(batch)
-
-    return run
-
-
-def train_step(model, optimizer, batch):
-    def run():
-        model.train()
-        optimizer.zero_grad()
-        model.calculate_loss(batch).backward()
-        optimizer.step()
-
-    return run
-
-
 def interleaved_medians(jobs, reps):
     """{name: median seconds}: one warm-up each, then ``reps`` rounds alternating the order."""
-    for job in jobs.values():
-        job()
-    times = {name: [] for name in jobs}
-    names = list(jobs)
-    for rep in range(reps):
-        for name in names if rep % 2 == 0 else names[::-1]:
-            times[name].append(timed(jobs[name]))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return harness.medians(harness.interleaved_times(jobs, reps, warmup_rounds=1, alternate=True))
 
 
 def compare_with_sasrec(length, args):
@@ -104,11 +66,15 @@ def compare_with_sasrec(length, args):
     lrurec = build_model(LRURec, n_items=args.n_items, max_len=length, **LRUREC_CONFIG)
     sasrec = build_model(SASRec, n_items=args.n_items, max_len=length, **SASREC_CONFIG)
     batch = full_window_batch(args.n_items, args.batch_size, length, seed=length)
-    infer = interleaved_medians({"LRURec": inference(lrurec, batch), "SASRec": inference(sasrec, batch)}, reps)
+    infer = interleaved_medians(
+        {"LRURec": lambda: inference_step(lrurec, batch), "SASRec": lambda: inference_step(sasrec, batch)}, reps
+    )
+    lrurec_adam = torch.optim.Adam(lrurec.parameters(), lr=1e-3)
+    sasrec_adam = torch.optim.Adam(sasrec.parameters(), lr=1e-3)
     train = interleaved_medians(
         {
-            "LRURec": train_step(lrurec, torch.optim.Adam(lrurec.parameters(), lr=1e-3), batch),
-            "SASRec": train_step(sasrec, torch.optim.Adam(sasrec.parameters(), lr=1e-3), batch),
+            "LRURec": lambda: train_step(lrurec, lrurec_adam, batch, set_to_none=True),
+            "SASRec": lambda: train_step(sasrec, sasrec_adam, batch, set_to_none=True),
         },
         reps,
     )
@@ -140,69 +106,59 @@ def step_vs_forward(args, reps=20):
     return dict(history=history, reps=reps, medians=medians, max_error=max_error)
 
 
-def machine_description():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
-
-
-def render(rows, step, args, load_before, load_after, wall):
+def render(rows, step, args, clock):
     ms = lambda s: f"{1000 * s:.1f}"  # noqa: E731
     lines = [
         "# LRURec vs SASRec: CPU speed",
         "",
-        f"- Machine: {machine_description()}; **shared with other engineers' jobs while measured** "
-        f"(load average {load_before:.2f} before, {load_after:.2f} after; 1-min), so absolute times are noisy; "
-        "the two models were timed interleaved (alternating order) and ratios are the number to read.",
+        f"- Machine: {harness.machine_line()}; **shared with other engineers' jobs while measured** "
+        f"(load average {clock.load_before:.2f} before, {clock.load_after:.2f} after; 1-min), so absolute times "
+        "are noisy; the two models were timed interleaved (alternating order) and ratios are the number to read.",
         f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads; Python {platform.python_version()}.",
         f"- Setup: batch {args.batch_size}, {args.n_items} items, hidden 64, 2 layers, dropout 0.2, CE over all "
         "items; SASRec = RecBole 1.2.1's own (2 heads, inner 256). Right-padded random-length rows, one row "
         "spanning the full window L. Medians of the timed repetitions after one warm-up per model.",
         "- Inference: `full_sort_predict`, eval mode, `torch.no_grad()`. Training step: `calculate_loss` + "
         "`backward` + `torch.optim.Adam.step`, train mode (dropout on).",
-        f"- Command: `python benchmarks/lrurec_speed.py` (whole script: {wall:.0f} s).",
+        f"- Command: `python benchmarks/lrurec_speed.py` (whole script: {clock.seconds:.0f} s).",
         "",
         "## Full-sort inference and one training step (ms per batch, median)",
         "",
-        "| L | reps | LRURec infer | SASRec infer | infer ratio LRURec/SASRec | LRURec train step | SASRec train step "
-        "| train ratio LRURec/SASRec |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    columns = [
+        "L", "reps", "LRURec infer", "SASRec infer", "infer ratio LRURec/SASRec", "LRURec train step",
+        "SASRec train step", "train ratio LRURec/SASRec",
+    ]
+    cells = []
     for row in rows:
         li, si = row["infer"]["LRURec"], row["infer"]["SASRec"]
         lt, st = row["train"]["LRURec"], row["train"]["SASRec"]
-        lines.append(
-            f"| {row['length']} | {row['reps']} | {ms(li)} | {ms(si)} | {li / si:.2f} | {ms(lt)} | {ms(st)} "
-            f"| {lt / st:.2f} |"
-        )
-    m = step["medians"]
+        cells.append([row["length"], row["reps"], ms(li), ms(si), f"{li / si:.2f}", ms(lt), ms(st), f"{lt / st:.2f}"])
+    lines += harness.markdown_table(columns, cells)
+    m, history = step["medians"], step["history"]
     lines += [
         "",
-        f"## Incremental inference: `step()` vs the parallel forward (history {step['history']}, batch "
+        f"## Incremental inference: `step()` vs the parallel forward (history {history}, batch "
         f"{args.batch_size}, eval, no_grad; median of {step['reps']})",
         "",
-        "| what | ms per batch | speed-up of step |",
-        "|---|---|---|",
-        f"| `forward` over {step['history']} items (user vectors) | {ms(m['forward'])} | |",
-        f"| `step` (one new item, state carried) | {ms(m['step'])} | {m['forward'] / m['step']:.1f}x |",
-        f"| `full_sort_predict` over {step['history']} items | {ms(m['full_sort_predict'])} | |",
-        f"| `step` + `scores_from_output` | {ms(m['step + scores'])} | "
-        f"{m['full_sort_predict'] / m['step + scores']:.1f}x |",
-        "",
-        f"Max |step output - forward output| after {step['history']} steps: {step['max_error']:.2e}.",
-        "",
     ]
-    return "\n".join(lines)
+    lines += harness.markdown_table(
+        ["what", "ms per batch", "speed-up of step"],
+        [
+            [f"`forward` over {history} items (user vectors)", ms(m["forward"]), ""],
+            ["`step` (one new item, state carried)", ms(m["step"]), f"{m['forward'] / m['step']:.1f}x"],
+            [f"`full_sort_predict` over {history} items", ms(m["full_sort_predict"]), ""],
+            ["`step` + `scores_from_output`", ms(m["step + scores"]),
+             f"{m['full_sort_predict'] / m['step + scores']:.1f}x"],
+        ],
+    )
+    lines += ["", f"Max |step output - forward output| after {history} steps: {step['max_error']:.2e}.", ""]
+    return lines
 
 
 def main():
     args = parse_args()
-    start = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    clock = harness.RunClock()
     rows = []
     for length in args.lengths:
         rows.append(compare_with_sasrec(length, args))
@@ -210,11 +166,7 @@ def main():
         print(f"L={length}: infer {row['infer']}, train {row['train']}", flush=True)
     step = step_vs_forward(args)
     print(f"step vs forward: {step['medians']}", flush=True)
-    report = render(rows, step, args, load_before, os.getloadavg()[0], time.perf_counter() - start)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        f.write(report)
-    print(report)
+    harness.write_report(args.output, render(rows, step, args, clock.stop()))
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, mon
     (tmp_path / LOCK_NAME).write_text(json.dumps(stale))
     warnings = []
     lock = FolderLock(str(tmp_path), "compare", warn=warnings.append).acquire()
-    assert warnings == [f"compare: taking over the stale lock of pid {pid} on {socket.gethostname()} "
+    assert warnings == [f"taking over the stale lock of pid {pid} on {socket.gethostname()} "
                         f"(started 2026-01-01 00:00:00 +0000: compare) on '{tmp_path}'"]
     assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
     lock.release()
@@ -261,15 +261,16 @@ def test_fault_sequence_kill_rerun_two_commands_cut_csv(tiny_data_path, tmp_path
     assert [r["run_id"] for r in read_csv(out / "runs.csv")] == [first.run_id]
 
     def rerun():
-        printed = io.StringIO()
-        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        printed, warned = io.StringIO(), io.StringIO()
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed), \
+                contextlib.redirect_stderr(warned):
             patch.chdir(tmp_path)
             status = compare.cli_main(argv[1:])
-        return status, printed.getvalue()
+        return status, printed.getvalue() + warned.getvalue()
 
     status, output = rerun()
     assert status == 0, output
-    assert f"compare: warning: compare: taking over the stale lock of pid {running.pid}" in output
+    assert f"compare: warning: taking over the stale lock of pid {running.pid}" in output
     assert "(1 done, skipped; 1 to run)" in output
     assert [r["run_id"] for r in read_csv(out / "runs.csv")] == [first.run_id, second.run_id]
     assert not worker_pids(f"{second.run_id}.spec.json") and not (out / LOCK_NAME).exists()

@@ -20,7 +20,9 @@ handled here without touching RecBole's code:
 
 These are additions under names RecBole did not have, like the registry's module aliases.
 """
+import contextlib
 import os
+import warnings
 from logging import getLogger
 
 from recbole.data.dataloader import TrainDataLoader
@@ -130,3 +132,23 @@ def register_trainer(model_name):
     trainer_class = type(f"{model_name}Trainer", (RecBoleEntryTrainerMixin, plugin_trainer), {})
     setattr(recbole.trainer, trainer_class.__name__, trainer_class)
     return trainer_class
+
+
+@contextlib.contextmanager
+def recbole_warnings_filtered():
+    """Silence the warnings RecBole 1.2.1's own code raises under the pinned pandas and torch: they
+    name RecBole's lines, not the user's, and come with every run. Each filter is narrow (message,
+    category and RecBole's module), so the same warnings from any other code still show.
+    Also a decorator (``@recbole_warnings_filtered()``), for the functions that call into RecBole."""
+    with warnings.catch_warnings():
+        # pandas >= 2.1, Dataset._fill_nan (recbole/data/dataset/dataset.py): fillna(inplace=True) on a
+        # column, "A value is trying to be set on a copy of a DataFrame or Series through chained assignment"
+        warnings.filterwarnings(
+            "ignore", message="A value is trying to be set on a copy of a DataFrame or Series through chained "
+            "assignment", category=FutureWarning, module=r"recbole\.data\.dataset\.dataset")
+        # torch >= 2.4, Trainer._train_epoch (recbole/trainer/trainer.py): torch.cuda.amp.GradScaler(...),
+        # "`torch.cuda.amp.GradScaler(args...)` is deprecated"
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
+            category=FutureWarning, module=r"recbole\.trainer\.trainer")
+        yield

@@ -265,6 +265,7 @@ def _check_rows(path, config, header, float_columns):
         if len(frame) == 0:
             raise DatasetError(f"dataset file {path} has a header but no interactions")
         _check_required(path, frame, required, blank_lines, encoding)
+        _check_topk(path, config, frame[f"{config['ITEM_ID_FIELD']}:token"].nunique())
         return
     frame = pd.read_csv(path, sep=separator, header=0, names=names, usecols=usecols, dtype=str, encoding=encoding)
     for column in wanted:
@@ -308,19 +309,33 @@ def check_atomic_files(config):
         raise DatasetError(f"dataset file {path} cannot be parsed: {reason}") from e
 
 
+def _too_few_items(config, n_items):
+    """The one line for a ``topk`` above the number of items (None when it is not)."""
+    if config["eval_type"] != EvaluatorType.RANKING or max(config["topk"]) <= n_items:
+        return None
+    return (f"dataset '{config['dataset']}' has {n_items} items, too few for topk {config['topk']}: "
+            f"set --topk to at most {n_items}")
+
+
+def _check_topk(path, config, n_items):
+    """Before RecBole loads anything: its filters only remove items, so a file with fewer distinct items
+    than ``topk`` fails later for sure (unless an .item file adds items)."""
+    if os.path.isfile(os.path.join(os.path.dirname(path), f"{config['dataset']}.item")):
+        return
+    message = _too_few_items(config, n_items)
+    if message is not None:
+        raise DatasetError(message)
+
+
 def split_dataset(config, dataset):
     """RecBole's ``data_preparation`` and :func:`check_split`; a split without training samples is one
     line (torch's sampler would fail with ``num_samples=0``)."""
     from recbole.data import data_preparation
 
     interactions, users = len(dataset.inter_feat), dataset.user_num - 1  # id 0 is padding
-    topk = max(config["topk"])
-    if config["eval_type"] == EvaluatorType.RANKING and topk > dataset.item_num - 1:  # id 0 is padding
-        # torch.topk over each user's item scores would fail after training
-        raise DatasetError(
-            f"dataset '{config['dataset']}' has {dataset.item_num - 1} items, too few for topk {config['topk']}: "
-            f"set --topk to at most {dataset.item_num - 1}"
-        )
+    message = _too_few_items(config, dataset.item_num - 1)  # id 0 is padding
+    if message is not None:  # after RecBole's filters; torch.topk over each user's item scores would fail after training
+        raise DatasetError(message)
     try:
         train_data, valid_data, test_data = data_preparation(config, dataset)
     except ValueError as e:

@@ -22,7 +22,7 @@ from recbole_linear.all_positions import AllPositionTrainDataLoader
 from recbole_linear.config import create_config, override_config
 from recbole_linear.data_checks import check_atomic_files, split_dataset
 from recbole_linear.errors import ConfigError, DatasetNotFoundError, RecBoleLinearError
-from recbole_linear.recbole_compat import recbole_warnings_filtered
+from recbole_linear.recbole_compat import console_log_to_stdout, recbole_warnings_filtered
 from recbole_linear.registry import get_model
 from recbole_linear.trainer import get_trainer, load_checkpoint, unique_checkpoint_file
 
@@ -123,6 +123,7 @@ def run_recbole_linear(
     check_dataset(config)  # before the logger starts, so bad input stays one line
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
+    console_log_to_stdout()  # stderr keeps warnings and the error line
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
@@ -257,6 +258,7 @@ def load_data_and_model(model_file, cmd_args=None):
     config.compatibility_settings()
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
+    console_log_to_stdout()  # stderr keeps warnings and the error line
     logger = getLogger()
     logger.info(config)
     check_dataset(config)

@@ -21,7 +21,9 @@ handled here without touching RecBole's code:
 These are additions under names RecBole did not have, like the registry's module aliases.
 """
 import contextlib
+import logging
 import os
+import sys
 import warnings
 from logging import getLogger
 
@@ -152,3 +154,15 @@ def recbole_warnings_filtered():
             "ignore", message=r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
             category=FutureWarning, module=r"recbole\.trainer\.trainer")
         yield
+
+
+def console_log_to_stdout():
+    """Move the console handler RecBole's ``init_logger`` just added from stderr to stdout.
+
+    RecBole logs its console lines (config, dataset, model, epochs) to stderr. On stdout they
+    leave stderr to what needs attention: warnings, and the one line of bad input that only the
+    loaded data shows (a ``topk`` above the number of items after RecBole's filters, a split
+    without training samples), which is then the last and only line there."""
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.__stderr__):
+            handler.setStream(sys.stdout)

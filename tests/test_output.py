@@ -35,3 +35,19 @@ def test_the_filters_are_narrow():
     assert [(str(w.message), w.category, w.filename) for w in caught] == [
         (CHAINED, FutureWarning, "mine.py"), ("something else", FutureWarning, "dataset.py"),
         (CHAINED, UserWarning, "dataset.py")]
+
+
+def test_error_found_in_the_loaded_data_is_the_only_line_on_stderr(tmp_path):
+    """A split without training samples shows only once RecBole has loaded and split the data (its
+    log has begun): the log is on stdout, the error the one line on stderr."""
+    folder = tmp_path / "data" / "mydata"
+    folder.mkdir(parents=True)
+    (folder / "mydata.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t2\t3\n")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run_recbole_linear.py"), "--model=SASRec", "--dataset=mydata",
+         f"--data_path={tmp_path / 'data'}", "--topk=1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        "run_recbole_linear.py: error: dataset 'mydata': the split (eval_args split {'LS': 'valid_and_test'}) "
+        "leaves no training samples from its 1 interactions of 1 user(s)"]
+    assert "The number of users: 2" in result.stdout and "mydata" in result.stdout  # RecBole's log, on stdout

@@ -177,7 +177,7 @@ def test_ml_100k_from_a_users_folder_is_read(tmp_path):
     """A user's own ml-100k (here 3 users x 5 interactions) is what RecBole loads, not the bundled copy."""
     folder = tmp_path / "ml-100k"
     folder.mkdir()
-    rows = "".join(f"{u}\t{u + t}\t4\t{t}\n" for u in range(1, 4) for t in range(5))
+    rows = "".join(f"{u}\t{5 * u + t}\t4\t{t}\n" for u in range(1, 4) for t in range(5))  # 15 items: topk 10 fits
     (folder / "ml-100k.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + rows)
     config = create_config("SASRec", "ml-100k", cmd_args=[f"--data_path={tmp_path}"])
     check_dataset(config)

@@ -5,7 +5,8 @@
     python run_recbole_linear.py compare --models=LRURec,SASRec --seeds=2020,2021 ...
     python run_recbole_linear.py evaluate --checkpoint=saved/LRURec-....pth --eval_mask_history=True
 
-Every ``--key=value`` the parser does not know goes to the RecBole config (highest precedence).
+Every ``--key=value`` the parser does not know goes to the RecBole config (highest precedence); a
+key that no property file defines is an error unless ``--allow_unknown_keys`` names it.
 Bad input (unknown model or dataset, unreadable config file, invalid values) ends with one line on
 stderr and exit status 2, no traceback.
 """

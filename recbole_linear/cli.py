@@ -5,7 +5,8 @@
     python run_recbole_linear.py compare --models=LRURec,SASRec --seeds=2020,2021 ...
     python run_recbole_linear.py evaluate --checkpoint=saved/LRURec-....pth --eval_mask_history=True
 
-Every ``--key=value`` the parser does not know goes to the RecBole config (highest precedence).
+Every ``--key=value`` the parser does not know goes to the RecBole config (highest precedence); a
+key that no property file defines is an error unless ``--allow_unknown_keys`` names it.
 Bad input (unknown model or dataset, unreadable config file, invalid values) ends with one line on
 stderr and exit status 2, no traceback.
 """
@@ -15,6 +16,7 @@ import sys
 
 from recbole_linear.config import parse_cmd_args
 from recbole_linear.errors import ConfigError, RecBoleLinearError
+from recbole_linear.known_keys import allow_keys, check_command_line_keys
 
 PROG = "run_recbole_linear.py"
 # subcommand -> module exposing cli_main(argv) -> int
@@ -39,7 +41,17 @@ def common_parser(prog, description):
         help="a paper's run settings shipped with the plugin (lrurec-paper, linrec-paper, glintru-paper), "
         "read before --config_files",
     )
+    parser.add_argument(
+        "--allow_unknown_keys",
+        default="",
+        help="comma-separated --key=value keys that no property file defines, passed on purpose "
+        "(a custom model's); any other unknown key is an error",
+    )
     return parser
+
+
+def split_names(value):
+    return [name.strip() for name in (value or "").split(",") if name.strip()]
 
 
 def split_config_files(value):
@@ -49,7 +61,9 @@ def split_config_files(value):
 def parse_known(parser, argv):
     """Parse ``argv``; anything unknown must be a ``--key=value`` config override."""
     args, rest = parser.parse_known_args(argv)
-    parse_cmd_args(rest)  # raises ConfigError for anything not --key=value
+    keys = parse_cmd_args(rest)  # raises ConfigError for anything not --key=value
+    allow_keys(split_names(getattr(args, "allow_unknown_keys", "")))
+    check_command_line_keys(keys)  # a typo ('--epoch=1') stops here, before anything loads
     _protocol_into_config_files(args)
     return args, rest
 
@@ -80,7 +94,9 @@ subcommands (each has its own --help):
 --key=value: every argument of this form that is not an option above is a RecBole config
 override, above config files in precedence (--epochs=50 --hidden_size=64 --topk=[5,10]); values
 are read as Python literals, as RecBole reads its command line. Write it as one word with '='
-('--epochs 50' is refused).
+('--epochs 50' is refused). A key that no RecBole or plugin property file defines is an error
+('--epoch=1': did you mean 'epochs'?); pass a custom model's key on purpose with
+--allow_unknown_keys=KEY[,KEY...].
 """
 
 

@@ -5,6 +5,8 @@ traceback) on a bad header, a missing column, an empty file or a non-numeric flo
 model on a dataset without its time column fails with ``[timestamp] is not exist in interaction``.
 Each check here ends with one line naming the file and the column, and what to write instead.
 """
+import codecs
+import itertools
 import os
 from logging import getLogger
 
@@ -19,6 +21,7 @@ from recbole_linear.errors import DatasetError
 MIN_EVAL_USERS = 10
 _TYPES = {t.value for t in FeatureType}
 _EXAMPLE_HEADER = "user_id:token<TAB>item_id:token<TAB>timestamp:float"
+_warned_blank = set()
 
 
 def inter_file(config):
@@ -34,6 +37,15 @@ def read_header(path, separator, encoding="utf-8"):
     """[(column, type)] of an atomic file's first line; DatasetError naming the file otherwise."""
     if os.path.getsize(path) == 0:
         raise DatasetError(f"dataset file {path} is empty (expected a header line such as {_EXAMPLE_HEADER})")
+    with open(path, "rb") as f:
+        starts_with_bom = f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8
+    if starts_with_bom and _codec_name(encoding) == "utf-8":
+        # RecBole reads the mark as part of the first column's name ('\ufeffuser_id')
+        raise DatasetError(
+            f"dataset file {path} starts with a UTF-8 byte-order mark (as spreadsheet tools save it), which "
+            f"RecBole would read as part of the first column's name: save the file without it, or pass "
+            f"--encoding=utf-8-sig"
+        )
     with open(path, "r", encoding=encoding, errors="replace") as f:
         header = f.readline().rstrip("\n")
     columns = []
@@ -48,8 +60,93 @@ def read_header(path, separator, encoding="utf-8"):
                 f"dataset file {path}: header field {field!r} is not name:type with type one of "
                 f"{', '.join(sorted(_TYPES))} (e.g. {_EXAMPLE_HEADER}){hint}"
             )
+        if name in dict(columns):
+            raise DatasetError(
+                f"dataset file {path}: column '{name}' appears twice in the header (fields "
+                f"{[n for n, _ in columns].index(name) + 1} and {len(columns) + 1}); rename or remove one"
+            )
         columns.append((name, ftype))
     return columns
+
+
+def _codec_name(encoding):
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        return encoding
+
+
+def check_encoding(path, encoding, chunk_bytes=1 << 24):
+    """DatasetError naming the first line whose bytes are not text in ``encoding`` (pandas would
+    fail with a UnicodeDecodeError traceback). Read in chunks cut at line ends, for files of any
+    size; skipped for encodings in which a line end is not the byte ``\\n`` (UTF-16...)."""
+    try:
+        if "\n".encode(encoding) != b"\n":
+            return
+    except LookupError:
+        raise DatasetError(f"dataset file {path}: unknown encoding {encoding!r} (the 'encoding' key)") from None
+    lines_before, rest = 0, b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_bytes)
+            data = rest + chunk
+            cut = len(data) if not chunk else data.rfind(b"\n") + 1
+            piece, rest = data[:cut], data[cut:]
+            try:
+                piece.decode(encoding)
+            except UnicodeDecodeError as e:
+                line = lines_before + piece.count(b"\n", 0, e.start) + 1
+                raise DatasetError(
+                    f"dataset file {path}, line {line}: byte {piece[e.start]:#04x} is not {encoding} text "
+                    f"(the 'encoding' key); save the file as {encoding}, or pass the encoding it was saved in, "
+                    f"e.g. --encoding=latin-1"
+                ) from None
+            lines_before += piece.count(b"\n")
+            if not chunk:
+                return
+
+
+def _line_shapes(path, separator, encoding, n_fields, chunk_bytes=1 << 24):
+    """The 1-based numbers of the empty lines after the header (pandas, and so RecBole, skips them);
+    DatasetError naming the first line with a field missing or one too many (RecBole would fill
+    the missing one with nothing, or drop the extra one, and train on the damaged row)."""
+    sep = separator.encode(encoding)
+    if len(sep) != 1 or "\n".encode(encoding) != b"\n":
+        return []  # a multi-byte separator or encoding: not checked
+    blank, lines_before, rest = [], 0, b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_bytes)
+            data = rest + chunk
+            cut = len(data) if not chunk else data.rfind(b"\n") + 1
+            piece, rest = data[:cut], data[cut:]
+            if piece:
+                raw = np.frombuffer(piece, dtype=np.uint8)
+                ends = np.flatnonzero(raw == 10)
+                if not len(ends) or ends[-1] != len(raw) - 1:
+                    ends = np.append(ends, len(raw))  # the last line, without its \n
+                starts = np.concatenate(([0], ends[:-1] + 1))
+                content_ends = ends - (raw[np.maximum(ends - 1, 0)] == 13) * (ends > starts)  # without a \r
+                separators = np.flatnonzero(raw == sep[0])
+                fields = np.searchsorted(separators, content_ends) - np.searchsorted(separators, starts) + 1
+                empty = content_ends == starts
+                numbers = lines_before + 1 + np.arange(len(starts))
+                data_lines = numbers > 1  # the header is line 1
+                wrong = np.flatnonzero(data_lines & ~empty & (fields != n_fields))
+                if len(wrong):
+                    i = wrong[0]
+                    text = piece[starts[i]:content_ends[i]].decode(encoding, errors="replace")
+                    shown = text if len(text) <= 80 else text[:77] + "..."
+                    raise DatasetError(
+                        f"dataset file {path}, line {numbers[i]}: {fields[i]} fields where the header has "
+                        f"{n_fields} ({shown!r}); "
+                        + ("a field is missing" if fields[i] < n_fields else "one field too many")
+                        + f" (fields are separated by field_separator {separator!r})"
+                    )
+                blank += numbers[data_lines & empty].tolist()
+                lines_before += len(starts)
+            if not chunk:
+                return blank
 
 
 def set_default_load_col(config):
@@ -132,20 +229,43 @@ def _check_columns(path, config, header):
     return [name for name in loaded if types.get(name) == "float"]
 
 
+def _file_line(row, blank_lines):
+    """The 1-based line of data row ``row`` (0-based) of a file whose empty lines pandas skipped."""
+    line = row + 2  # after the header
+    for blank in blank_lines:  # ascending
+        if blank <= line:
+            line += 1
+    return line
+
+
 def _check_rows(path, config, header, float_columns):
     separator, encoding = config["field_separator"], config["encoding"] or "utf-8"
+    blank_lines = _line_shapes(path, separator, encoding, len(header))
+    if blank_lines and (path, len(blank_lines)) not in _warned_blank:  # once per process (checked twice per run)
+        _warned_blank.add((path, len(blank_lines)))
+        shown = ", ".join(map(str, blank_lines[:5])) + (", ..." if len(blank_lines) > 5 else "")
+        getLogger("recbole_linear").warning(
+            f"recbole-linear: warning: dataset file {path}: {len(blank_lines)} empty line(s) skipped, as RecBole "
+            f"skips them (line {shown})"
+        )
     names = [f"{n}:{t}" for n, t in header]
+    types = dict(header)
     wanted = [f"{name}:float" for name in float_columns]
-    usecols = wanted or [names[0]]
+    # every interaction needs its user, its item and (ordered by time) its time
+    required = [config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]] + ([config["TIME_FIELD"]] if _needs_time(config) else [])
+    required = [f"{name}:{types[name]}" for name in required if name in types]
+    usecols = list(dict.fromkeys(wanted + required)) or [names[0]]
+    dtype = {column: (np.float64 if column in wanted else str) for column in usecols}
     # as RecBole reads it (float64; its NA strings such as 'nan' are missing values, not errors)
     try:
-        frame = pd.read_csv(path, sep=separator, header=0, names=names, usecols=usecols,
-                            dtype={column: np.float64 for column in wanted}, encoding=encoding)
+        frame = pd.read_csv(path, sep=separator, header=0, names=names, usecols=usecols, dtype=dtype, encoding=encoding)
     except ValueError as e:  # a value that is not a number: read as text to name its line
         frame, reason = None, (str(e).strip().splitlines() or [type(e).__name__])[0]
     if frame is not None:
         if len(frame) == 0:
             raise DatasetError(f"dataset file {path} has a header but no interactions")
+        _check_required(path, frame, required, blank_lines, encoding)
+        _check_topk(path, config, frame[f"{config['ITEM_ID_FIELD']}:token"].nunique())
         return
     frame = pd.read_csv(path, sep=separator, header=0, names=names, usecols=usecols, dtype=str, encoding=encoding)
     for column in wanted:
@@ -154,16 +274,32 @@ def _check_rows(path, config, header, float_columns):
         numbers = pd.to_numeric(values.where(present), errors="coerce")
         bad = np.flatnonzero((numbers.isna() & present).to_numpy())
         if len(bad):
-            line = int(bad[0]) + 2  # 1-based, after the header
             raise DatasetError(
-                f"dataset file {path}, line {line}: column '{column}' holds {values.iloc[bad[0]]!r}, not a number"
+                f"dataset file {path}, line {_file_line(int(bad[0]), blank_lines)}: column '{column}' holds "
+                f"{values.iloc[bad[0]]!r}, not a number"
             )
     raise DatasetError(f"dataset file {path} cannot be read: {reason}")
+
+
+def _check_required(path, frame, required, blank_lines, encoding):
+    """DatasetError naming the first line whose user, item or (ordered by time) time is missing:
+    RecBole would drop the row (an id) or give it the column's mean (a time) without a word here."""
+    for column in required:
+        missing = np.flatnonzero(frame[column].isna().to_numpy())
+        if len(missing):
+            line = _file_line(int(missing[0]), blank_lines)
+            with open(path, "r", encoding=encoding, errors="replace") as f:
+                text = next(itertools.islice(f, line - 1, None), "").rstrip("\r\n")
+            raise DatasetError(
+                f"dataset file {path}, line {line}: column '{column}' is empty or a missing-value mark "
+                f"({text!r}); every interaction needs its {column.split(':')[0]}"
+            )
 
 
 def check_atomic_files(config):
     """One-line DatasetError for an interaction file RecBole would fail on (the file must exist)."""
     path = inter_file(config)
+    check_encoding(path, config["encoding"] or "utf-8")
     header = read_header(path, config["field_separator"], config["encoding"] or "utf-8")
     float_columns = _check_columns(path, config, header)
     try:
@@ -173,19 +309,33 @@ def check_atomic_files(config):
         raise DatasetError(f"dataset file {path} cannot be parsed: {reason}") from e
 
 
+def _too_few_items(config, n_items):
+    """The one line for a ``topk`` above the number of items (None when it is not)."""
+    if config["eval_type"] != EvaluatorType.RANKING or max(config["topk"]) <= n_items:
+        return None
+    return (f"dataset '{config['dataset']}' has {n_items} items, too few for topk {config['topk']}: "
+            f"set --topk to at most {n_items}")
+
+
+def _check_topk(path, config, n_items):
+    """Before RecBole loads anything: its filters only remove items, so a file with fewer distinct items
+    than ``topk`` fails later for sure (unless an .item file adds items)."""
+    if os.path.isfile(os.path.join(os.path.dirname(path), f"{config['dataset']}.item")):
+        return
+    message = _too_few_items(config, n_items)
+    if message is not None:
+        raise DatasetError(message)
+
+
 def split_dataset(config, dataset):
     """RecBole's ``data_preparation`` and :func:`check_split`; a split without training samples is one
     line (torch's sampler would fail with ``num_samples=0``)."""
     from recbole.data import data_preparation
 
     interactions, users = len(dataset.inter_feat), dataset.user_num - 1  # id 0 is padding
-    topk = max(config["topk"])
-    if config["eval_type"] == EvaluatorType.RANKING and topk > dataset.item_num - 1:  # id 0 is padding
-        # torch.topk over each user's item scores would fail after training
-        raise DatasetError(
-            f"dataset '{config['dataset']}' has {dataset.item_num - 1} items, too few for topk {config['topk']}: "
-            f"set --topk to at most {dataset.item_num - 1}"
-        )
+    message = _too_few_items(config, dataset.item_num - 1)  # id 0 is padding
+    if message is not None:  # after RecBole's filters; torch.topk over each user's item scores would fail after training
+        raise DatasetError(message)
     try:
         train_data, valid_data, test_data = data_preparation(config, dataset)
     except ValueError as e:

@@ -31,6 +31,10 @@ _RUNTIME_KEYS = {"model", "dataset", "config_files", "MODEL_TYPE", "MODEL_INPUT_
 _NOT_DEFAULTS = {"url.yaml", "kg_url.yaml"}
 
 _warned = set()
+# keys the user passes on purpose (--allow_unknown_keys=a,b): known here and in the processes this one
+# starts (compare workers, DDP ranks), which read them from this variable
+ALLOWED_ENV = "RECBOLE_LINEAR_ALLOWED_KEYS"
+_allowed = set()
 
 
 def _yaml_keys(pattern):
@@ -66,16 +70,50 @@ def known_keys():
     return frozenset(keys)
 
 
-def unknown_key_message(key):
-    """``unknown key 'epoch' (did you mean 'epochs'?)``, or None for a known key."""
+def closest_known_key(key):
+    """The known key ``key`` most probably meant, or None."""
     known = known_keys()
-    if key in known:
-        return None
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
     if not close:  # a case slip ('max_item_list_length') is worth a hint too
         close = [k for k in known if k.lower() == key.lower()][:1]
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return close[0] if close else None
+
+
+def unknown_key_message(key):
+    """``unknown key 'epoch' (did you mean 'epochs'?)``, or None for a known key."""
+    if key in known_keys() or key in allowed_keys():
+        return None
+    close = closest_known_key(key)
+    hint = f" (did you mean '{close}'?)" if close else ""
     return f"unknown key '{key}'{hint}: no RecBole or recbole-linear property file defines it and nothing reads it"
+
+
+def allowed_keys():
+    """The keys allowed on purpose in this process or by the process that started it."""
+    return _allowed | {k for k in os.environ.get(ALLOWED_ENV, "").split(",") if k}
+
+
+def allow_keys(keys):
+    """Accept ``keys`` although no property file defines them (a custom model's keys), here and
+    in the processes started from now on."""
+    _allowed.update(k for k in keys if k)
+    if _allowed:
+        os.environ[ALLOWED_ENV] = ",".join(sorted(allowed_keys()))
+
+
+def check_command_line_keys(keys):
+    """ConfigError for the first unknown ``--key=value`` key: on the command line it is almost always a
+    typo (``--epoch=1`` would train RecBole's 300 epochs), so it stops the command before anything loads."""
+    from recbole_linear.errors import ConfigError
+
+    for key in keys:
+        if unknown_key_message(key) is not None:
+            close = closest_known_key(key)
+            hint = f" (did you mean '{close}'?)" if close else ""
+            raise ConfigError(
+                f"unknown key '--{key}'{hint}: no RecBole or recbole-linear property file defines it; "
+                f"to pass it on purpose (a custom model's key), add --allow_unknown_keys={key}"
+            )
 
 
 def warn_unknown_keys(keys):

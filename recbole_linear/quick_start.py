@@ -22,6 +22,7 @@ from recbole_linear.config import create_config, override_config
 from recbole_linear.data import create_dataset
 from recbole_linear.data_checks import check_atomic_files, split_dataset
 from recbole_linear.errors import ConfigError, DatasetNotFoundError, RecBoleLinearError
+from recbole_linear.recbole_compat import console_log_to_stdout, recbole_warnings_filtered
 from recbole_linear.registry import get_model
 from recbole_linear.trainer import get_trainer, load_checkpoint, unique_checkpoint_file
 
@@ -53,6 +54,7 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@recbole_warnings_filtered()  # RecBole's dataset FutureWarnings (pandas)
 def prepare(config, log_flops=False):
     """Dataset, dataloaders, model and trainer for a config, as RecBole's ``run_recbole`` builds them."""
     logger = getLogger()
@@ -121,6 +123,7 @@ def run_recbole_linear(
     check_dataset(config)  # before the logger starts, so bad input stays one line
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
+    console_log_to_stdout()  # stderr keeps warnings and the error line
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
@@ -240,6 +243,7 @@ def read_recbole_checkpoint(model_file):
 EVALUATION_OVERRIDES = ("eval_mask_history", "eval_batch_size", "data_path", "sequence_storage")
 
 
+@recbole_warnings_filtered()  # RecBole's dataset FutureWarnings (pandas)
 def load_data_and_model(model_file, cmd_args=None):
     """Config, model (with the saved weights), dataset and dataloaders from a checkpoint file.
 
@@ -254,6 +258,7 @@ def load_data_and_model(model_file, cmd_args=None):
     config.compatibility_settings()
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
+    console_log_to_stdout()  # stderr keeps warnings and the error line
     logger = getLogger()
     logger.info(config)
     check_dataset(config)

@@ -20,7 +20,11 @@ handled here without touching RecBole's code:
 
 These are additions under names RecBole did not have, like the registry's module aliases.
 """
+import contextlib
+import logging
 import os
+import sys
+import warnings
 from logging import getLogger
 
 from recbole.data.dataloader import TrainDataLoader
@@ -130,3 +134,35 @@ def register_trainer(model_name):
     trainer_class = type(f"{model_name}Trainer", (RecBoleEntryTrainerMixin, plugin_trainer), {})
     setattr(recbole.trainer, trainer_class.__name__, trainer_class)
     return trainer_class
+
+
+@contextlib.contextmanager
+def recbole_warnings_filtered():
+    """Silence the warnings RecBole 1.2.1's own code raises under the pinned pandas and torch: they
+    name RecBole's lines, not the user's, and come with every run. Each filter is narrow (message,
+    category and RecBole's module), so the same warnings from any other code still show.
+    Also a decorator (``@recbole_warnings_filtered()``), for the functions that call into RecBole."""
+    with warnings.catch_warnings():
+        # pandas >= 2.1, Dataset._fill_nan (recbole/data/dataset/dataset.py): fillna(inplace=True) on a
+        # column, "A value is trying to be set on a copy of a DataFrame or Series through chained assignment"
+        warnings.filterwarnings(
+            "ignore", message="A value is trying to be set on a copy of a DataFrame or Series through chained "
+            "assignment", category=FutureWarning, module=r"recbole\.data\.dataset\.dataset")
+        # torch >= 2.4, Trainer._train_epoch (recbole/trainer/trainer.py): torch.cuda.amp.GradScaler(...),
+        # "`torch.cuda.amp.GradScaler(args...)` is deprecated"
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
+            category=FutureWarning, module=r"recbole\.trainer\.trainer")
+        yield
+
+
+def console_log_to_stdout():
+    """Move the console handler RecBole's ``init_logger`` just added from stderr to stdout.
+
+    RecBole logs its console lines (config, dataset, model, epochs) to stderr. On stdout they
+    leave stderr to what needs attention: warnings, and the one line of bad input that only the
+    loaded data shows (a ``topk`` above the number of items after RecBole's filters, a split
+    without training samples), which is then the last and only line there."""
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.__stderr__):
+            handler.setStream(sys.stdout)

@@ -33,6 +33,7 @@ from recbole.utils import get_trainer as recbole_get_trainer
 from recbole_linear.all_positions import AllPositionTrainDataLoader
 from recbole_linear.distributed_trainer import trainer_bases
 from recbole_linear.errors import ConfigError
+from recbole_linear.recbole_compat import recbole_warnings_filtered
 
 _CLASS_CACHE = {}
 
@@ -92,7 +93,8 @@ class PluginTrainerMixin:
         if loss_func is None and isinstance(train_data, AllPositionTrainDataLoader):
             loss_func = train_data.loss_function(self.model)
         start = time()
-        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        with recbole_warnings_filtered():  # RecBole's GradScaler FutureWarning
+            loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         self.epoch_train_seconds.append(time() - start)
         return loss
 

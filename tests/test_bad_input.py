@@ -24,7 +24,10 @@ def good_rows(users=12, length=6):
 def write_inter(folder, text, name="mydata"):
     os.makedirs(folder / name, exist_ok=True)
     path = folder / name / f"{name}.inter"
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
     return str(path)
 
 
@@ -53,6 +56,18 @@ BAD_FILES = {
     "non_numeric_float": (GOOD_HEADER + "1\t2\t3\n1\t3\tlate\n", ["line 3", "'timestamp:float'", "'late'"]),
     "no_timestamp": ("user_id:token\titem_id:token\n1\t2\n1\t3\n", ["no 'timestamp' column", "TIME_FIELD", "timestamp:float"]),
     "timestamp_as_token": ("user_id:token\titem_id:token\ttimestamp:token\n1\t2\t3\n", ["timestamp:float"]),
+    # what real exports hold: a column twice, another encoding, a byte-order mark, damaged rows
+    "duplicate_column": ("user_id:token\titem_id:token\titem_id:token\ttimestamp:float\n1\t2\t2\t3\n",
+                         ["column 'item_id' appears twice in the header"]),
+    "not_utf8": ((GOOD_HEADER + "1\t2\t3\n1\tcaf\u00e9\t4\n").encode("latin-1"),
+                 ["line 3", "byte 0xe9 is not utf-8", "--encoding=latin-1"]),
+    "utf8_bom": ("\ufeff" + GOOD_HEADER + good_rows(), ["byte-order mark", "--encoding=utf-8-sig"]),
+    "field_missing": (GOOD_HEADER + "1\t2\t3\n1\t3\n1\t4\t5\n", ["line 3", "2 fields where the header has 3"]),
+    "field_too_many": (GOOD_HEADER + "1\t2\t3\n1\t4\t5\t6\n", ["line 3", "4 fields where the header has 3"]),
+    "empty_time": (GOOD_HEADER + "1\t2\t3\n\n1\t3\t\n", ["line 4", "'timestamp:float' is empty"]),
+    "nan_time": (GOOD_HEADER + "1\t2\t3\n1\t3\tnan\n", ["line 3", "'timestamp:float' is empty or a missing-value"]),
+    "empty_user": (GOOD_HEADER + "1\t2\t3\n\t3\t4\n", ["line 3", "'user_id:token' is empty"]),
+    "empty_item": (GOOD_HEADER + "1\t2\t3\n1\t\t4\n", ["line 3", "'item_id:token' is empty"]),
 }
 
 
@@ -80,7 +95,7 @@ def test_fewer_items_than_topk(tmp_path, capsys, monkeypatch):
     status, lines = run_main(["--model=SASRec", "--dataset=mydata", f"--data_path={tmp_path / 'data'}", *TINY_RUN,
                               "--topk=[10,20]"], capsys)
     assert_one_line_error(status, lines, "has 15 items, too few for topk [10, 20]: set --topk to at most 15")
-    assert not os.path.exists(tmp_path / "saved")
+    assert not os.path.exists(tmp_path / "saved") and not os.path.exists(tmp_path / "log")  # found before RecBole's log
 
 
 def test_load_col_naming_an_absent_column(tmp_path, capsys, monkeypatch):
@@ -173,3 +188,44 @@ def test_command_line_exit_status_and_single_line(tmp_path):
          f"--data_path={tmp_path / 'data'}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "no 'timestamp' column" in result.stderr
+
+
+def test_empty_lines_are_skipped_with_one_warning_naming_them(tmp_path, monkeypatch, caplog):
+    """pandas (and so RecBole) skips empty lines; the check says so, once, with their numbers."""
+    from recbole_linear.quick_start import check_dataset
+
+    monkeypatch.chdir(tmp_path)
+    write_inter(tmp_path / "data", GOOD_HEADER + good_rows(users=2) + "\n" + good_rows(users=1) + "\n")
+    config = create_config("SASRec", "mydata", cmd_args=[f"--data_path={tmp_path / 'data'}"])
+    caplog.set_level(logging.WARNING, logger="recbole_linear")
+    check_dataset(config)
+    check_dataset(config)  # a run checks twice: one warning
+    warnings = [r.getMessage() for r in caplog.records if "empty line" in r.getMessage()]
+    assert warnings == [f"recbole-linear: warning: dataset file {tmp_path / 'data' / 'mydata' / 'mydata.inter'}: "
+                        "2 empty line(s) skipped, as RecBole skips them (line 14, 21)"]
+
+
+def test_byte_order_mark_is_read_with_encoding_utf8_sig(tmp_path, monkeypatch):
+    """The way out the BOM error names works: RecBole then reads the first column's name right."""
+    from recbole.data import create_dataset
+
+    from recbole_linear.quick_start import check_dataset
+
+    monkeypatch.chdir(tmp_path)
+    write_inter(tmp_path / "data", "\ufeff" + GOOD_HEADER + good_rows())
+    config = create_config("SASRec", "mydata", cmd_args=[f"--data_path={tmp_path / 'data'}", "--encoding=utf-8-sig"])
+    check_dataset(config)
+    assert create_dataset(config).user_num == 12 + 1  # id 0 is padding
+
+
+@pytest.mark.parametrize("case", ["duplicate_column", "not_utf8", "utf8_bom"])
+def test_damaged_file_in_a_real_process_is_one_stderr_line_and_status_2(case, tmp_path):
+    text, fragments = BAD_FILES[case]
+    path = write_inter(tmp_path / "data", text)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run_recbole_linear.py"), "--model=SASRec", "--dataset=mydata",
+         f"--data_path={tmp_path / 'data'}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert all(fragment in lines[0] for fragment in [path, *fragments]), lines[0]
+    assert not os.path.exists(tmp_path / "log") and not os.path.exists(tmp_path / "saved")

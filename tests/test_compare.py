@@ -7,8 +7,11 @@ significance test) and its Markdown and LaTeX (``summary``) are checked on synth
 import contextlib
 import csv
 import io
+import json
 import os
 import re
+import socket
+import subprocess
 import sys
 
 import numpy as np
@@ -238,6 +241,31 @@ def test_crashed_worker_fails_its_run_only(tmp_path, monkeypatch):
     assert lines[2].startswith("[2/2] GRU4Rec seed=1  FAILED")
     assert len(read_csv(tmp_path / "out" / "runs.csv")) == 2
     assert not list((tmp_path / "out" / "logs").glob("*.json"))  # spec and result files cleaned up
+
+
+def test_warnings_go_to_stderr_prefixed_once(tmp_path, monkeypatch, capsys):
+    """A stale lock taken over and a cut runs.csv row: one 'compare: warning:' line each on stderr;
+    stdout keeps the plan and progress lines."""
+    from recbole_linear.workflow.folder_lock import LOCK_NAME
+
+    worker = "import sys; sys.exit(3)"
+    monkeypatch.setattr(compare_runner, "worker_command", lambda spec_file: [sys.executable, "-c", worker, spec_file])
+    out = tmp_path / "out"
+    out.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "started": "then",
+                                             "command": "compare"}))
+    (out / "runs.csv").write_text("run_id,model,seed,status\nSASRec-se\n")
+    runs = compare.plan_runs(["SASRec"], [1], TINY_DATASET, None, [], {})
+    compare.run_comparison(runs, str(out), TINY_DATASET, ["SASRec"], [1], out=print)
+    captured = capsys.readouterr()
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 2 and all(line.startswith("compare: warning: ") for line in warnings), warnings
+    assert "compare: warning: compare:" not in captured.err
+    assert warnings[0].startswith(f"compare: warning: taking over the stale lock of pid {gone.pid} ")
+    assert "line 2 ('SASRec-se'): not a run row" in warnings[1]
+    assert "compare: warning" not in captured.out and "[1/1] SASRec seed=1  FAILED" in captured.out
 
 
 def test_a_rerun_appends_to_the_runs_log(tmp_path, monkeypatch):

@@ -73,13 +73,49 @@ def test_known_keys_do_not_warn(caplog):
     assert warnings_in(caplog) == []
 
 
-def test_typo_is_reported_even_when_another_value_fails(tiny_data_path, tmp_path, caplog, capsys, monkeypatch):
+def test_typo_in_a_config_file_is_reported_even_when_another_value_fails(tiny_data_path, tmp_path, caplog, capsys,
+                                                                         monkeypatch):
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.WARNING, logger="recbole_linear")
-    status = main(["--model=SASRec", f"--dataset={TINY_DATASET}", f"--data_path={tiny_data_path}", "--epoch=1",
-                   "--MAX_ITEM_LIST_LENGTH=0"])
+    (tmp_path / "typo.yaml").write_text("epoch: 1\n")
+    status = main(["--model=SASRec", f"--dataset={TINY_DATASET}", f"--data_path={tiny_data_path}",
+                   "--config_files=typo.yaml", "--MAX_ITEM_LIST_LENGTH=0"])
     assert status == 2 and "invalid value for 'MAX_ITEM_LIST_LENGTH'" in capsys.readouterr().err
     assert [m.split(":")[2].strip() for m in warnings_in(caplog)] == ["unknown key 'epoch' (did you mean 'epochs'?)"]
+
+
+@pytest.mark.parametrize("subcommand", [[], ["compare", "--models=SASRec"], ["tune", "--model=SASRec"]],
+                         ids=["run", "compare", "tune"])
+def test_unknown_key_on_the_command_line_stops_before_anything_loads(subcommand, tmp_path, capsys, monkeypatch):
+    """'--epoch=1' (for --epochs) would train RecBole's 300 epochs: on the command line it is an error,
+    found before the dataset (which does not exist here) is even looked for."""
+    monkeypatch.chdir(tmp_path)
+    argv = subcommand or ["--model=SASRec"]
+    status = main([*argv, "--dataset=nowhere", f"--data_path={tmp_path}", "--epoch=1", "--epochs=2"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("run_recbole_linear.py: error: unknown key '--epoch' (did you mean 'epochs'?)")
+    assert "--allow_unknown_keys=epoch" in lines[0]
+    assert os.listdir(tmp_path) == []  # no log, no output folder
+
+
+def test_a_key_allowed_on_purpose_reaches_the_config_without_a_warning(tiny_data_path, tmp_path, caplog, monkeypatch):
+    """A custom model's key: --allow_unknown_keys names it; here and in the processes started later."""
+    from recbole_linear import quick_start
+
+    monkeypatch.setattr(known_keys, "_allowed", set())
+    monkeypatch.setenv(known_keys.ALLOWED_ENV, "")  # restored after the test
+    caplog.set_level(logging.WARNING, logger="recbole_linear")
+    configs = []
+
+    def run(model, dataset, config_file_list, cmd_args, **kwargs):
+        configs.append(create_config(model, dataset, config_file_list, cmd_args=cmd_args))
+
+    monkeypatch.setattr(quick_start, "run", run)
+    assert main(["--model=SASRec", f"--dataset={TINY_DATASET}", f"--data_path={tiny_data_path}",
+                 "--my_width=3", "--my_gate=True", "--allow_unknown_keys=my_width,my_gate"]) == 0
+    assert configs[0]["my_width"] == 3 and configs[0]["my_gate"] is True
+    assert warnings_in(caplog) == [] and os.environ[known_keys.ALLOWED_ENV] == "my_gate,my_width"
 
 
 # --- compare and tune check before training ------------------------------------------------------
@@ -100,7 +136,8 @@ def test_compare_checks_each_model_settings_before_training(tiny_data_path, tmp_
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.WARNING, logger="recbole_linear")
     (tmp_path / "linrec.yaml").write_text("n_heads: 3\n")
-    args = ["--models=LRURec,LinRec", "--seeds=1,2", *tiny_cmd_args(tiny_data_path), "--epoch=1",
+    (tmp_path / "typo.yaml").write_text("epoch: 1\n")  # in a file, an unknown key warns
+    args = ["--models=LRURec,LinRec", "--seeds=1,2", *tiny_cmd_args(tiny_data_path), "--config_files=typo.yaml",
             "--model_config", "LinRec=linrec.yaml"]
     status, lines = _compare(args, tmp_path, capsys)
     assert status == 2 and lines == [
@@ -121,8 +158,9 @@ def test_tune_checks_model_and_keys_before_training(tiny_data_path, tmp_path, ca
     caplog.set_level(logging.WARNING, logger="recbole_linear")
     assert main(["tune", "--model=NoSuchModel", f"--dataset={TINY_DATASET}", f"--data_path={tiny_data_path}"]) == 2
     assert "unknown model 'NoSuchModel'" in capsys.readouterr().err
+    (tmp_path / "typo.yaml").write_text("epoch: 1\n")  # in a file, an unknown key warns
     status = main(["tune", "--model=LinRec", f"--dataset={TINY_DATASET}", f"--data_path={tiny_data_path}",
-                   "--epoch=1", "--hidden_size=32", "--n_heads=3", f"--output_dir={tmp_path / 'hyper'}"])
+                   "--config_files=typo.yaml", "--hidden_size=32", "--n_heads=3", f"--output_dir={tmp_path / 'hyper'}"])
     assert status == 2 and "LinRec needs hidden_size divisible by n_heads" in capsys.readouterr().err
     assert len(warnings_in(caplog)) == 1 and not os.path.exists(tmp_path / "hyper")
 
@@ -139,7 +177,7 @@ def test_ml_100k_from_a_users_folder_is_read(tmp_path):
     """A user's own ml-100k (here 3 users x 5 interactions) is what RecBole loads, not the bundled copy."""
     folder = tmp_path / "ml-100k"
     folder.mkdir()
-    rows = "".join(f"{u}\t{u + t}\t4\t{t}\n" for u in range(1, 4) for t in range(5))
+    rows = "".join(f"{u}\t{5 * u + t}\t4\t{t}\n" for u in range(1, 4) for t in range(5))  # 15 items: topk 10 fits
     (folder / "ml-100k.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + rows)
     config = create_config("SASRec", "ml-100k", cmd_args=[f"--data_path={tmp_path}"])
     check_dataset(config)

@@ -56,7 +56,8 @@ def worker_pids(spec_fragment):
                     cmdline = f.read().decode(errors="replace")
             except OSError:
                 continue
-            if "recbole_linear.workflow.compare_worker" in cmdline and spec_fragment in cmdline and alive(int(entry)):
+            # compare starts recbole_linear/workflow/compare_worker_start.py; -m ...compare_worker by hand
+            if "compare_worker" in cmdline and spec_fragment in cmdline and alive(int(entry)):
                 pids.append(int(entry))
     return pids
 
@@ -109,7 +110,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, mon
     (tmp_path / LOCK_NAME).write_text(json.dumps(stale))
     warnings = []
     lock = FolderLock(str(tmp_path), "compare", warn=warnings.append).acquire()
-    assert warnings == [f"compare: taking over the stale lock of pid {pid} on {socket.gethostname()} "
+    assert warnings == [f"taking over the stale lock of pid {pid} on {socket.gethostname()} "
                         f"(started 2026-01-01 00:00:00 +0000: compare) on '{tmp_path}'"]
     assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
     lock.release()
@@ -188,6 +189,37 @@ def test_worker_whose_parent_is_gone_exits_at_once(tmp_path):
     assert time.time() - start < 60
 
 
+# the parent: writes the spec, starts the worker as compare does, prints its pid and kills itself (-9)
+_PARENT = """
+import json, os, signal, subprocess, sys
+spec, log, command, env = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+with open(spec, "w") as f:
+    json.dump({"parent_pid": os.getpid(), "result_file": spec + ".result"}, f)
+worker = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+print(worker.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@linux_only
+def test_worker_whose_parent_is_killed_while_it_imports_is_gone_at_once(tmp_path):
+    """compare killed -9 the moment its worker starts: the worker, still importing torch and RecBole
+    (seconds; 7-9 s on a loaded machine), must not outlive it. Python's import log (-X importtime,
+    written as each import completes) shows that it never finished importing torch."""
+    spec, log = tmp_path / "spec.json", tmp_path / "worker.log"
+    env = dict(compare_runner._worker_env(), PYTHONPROFILEIMPORTTIME="1")
+    parent = subprocess.run(
+        [sys.executable, "-c", _PARENT, str(spec), str(log), json.dumps(compare_runner.worker_command(str(spec))),
+         json.dumps(env)], capture_output=True, text=True, timeout=120)
+    assert parent.returncode == -signal.SIGKILL, parent.stderr
+    worker = int(parent.stdout)
+    wait_for(lambda: not alive(worker), 5, "the orphaned worker to die")
+    imports = log.read_text()
+    assert re.search(r"\|\s+json$", imports, re.M)  # the log is written (the start's own imports)
+    assert not re.search(r"\|\s+torch$", imports, re.M), "the worker imported torch after its parent died"
+    assert not os.path.exists(f"{spec}.result")
+
+
 @linux_only
 def test_fault_sequence_kill_rerun_two_commands_cut_csv(tiny_data_path, tmp_path):
     """The issue's sequence, with real workers: two commands at once (one refused), kill -9 of the
@@ -229,15 +261,16 @@ def test_fault_sequence_kill_rerun_two_commands_cut_csv(tiny_data_path, tmp_path
     assert [r["run_id"] for r in read_csv(out / "runs.csv")] == [first.run_id]
 
     def rerun():
-        printed = io.StringIO()
-        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        printed, warned = io.StringIO(), io.StringIO()
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed), \
+                contextlib.redirect_stderr(warned):
             patch.chdir(tmp_path)
             status = compare.cli_main(argv[1:])
-        return status, printed.getvalue()
+        return status, printed.getvalue() + warned.getvalue()
 
     status, output = rerun()
     assert status == 0, output
-    assert f"compare: warning: compare: taking over the stale lock of pid {running.pid}" in output
+    assert f"compare: warning: taking over the stale lock of pid {running.pid}" in output
     assert "(1 done, skipped; 1 to run)" in output
     assert [r["run_id"] for r in read_csv(out / "runs.csv")] == [first.run_id, second.run_id]
     assert not worker_pids(f"{second.run_id}.spec.json") and not (out / LOCK_NAME).exists()
@@ -406,17 +439,29 @@ def test_ctrl_c_ends_compare_its_worker_and_its_lock(tiny_data_path, tmp_path):
     # run could finish between being seen and the signal on a loaded machine, and compare exit 0)
     overrides = tiny_cmd_args(tiny_data_path, checkpoint_dir=tmp_path / "ckpt", epochs=100000, stopping_step=100000)
     (run,) = compare.plan_runs(["SASRec"], [1], TINY_DATASET, None, overrides, {})
+    log = out / "logs" / f"{run.run_id}.log"
+
+    def default_sigint():
+        # a test runner started in the background (nohup, '&' in a script) ignores SIGINT, and an
+        # ignored signal stays ignored in its children: give compare the terminal's default, so that
+        # Python turns Ctrl-C into KeyboardInterrupt there
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     command = subprocess.Popen(
         [sys.executable, SCRIPT, "compare", "--models=SASRec", "--seeds=1", f"--dataset={TINY_DATASET}",
-         f"--output_dir={out}", *overrides], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         f"--output_dir={out}", *overrides], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_sigint)
     try:
-        wait_for(lambda: worker_pids(f"{run.run_id}.spec.json"), 120, "the worker")
+        # events, not a time: the worker exists and trains (its first epoch is in its log)
+        wait_for(lambda: worker_pids(f"{run.run_id}.spec.json") and log.is_file()
+                 and "epoch 0 training" in log.read_text(errors="replace"), 300, "the worker to train")
         (worker,) = worker_pids(f"{run.run_id}.spec.json")
         assert os.getpgid(worker) == worker != os.getpgid(command.pid)  # its own group
         command.send_signal(signal.SIGINT)
-        assert command.wait(timeout=30) == 130
+        assert command.wait(timeout=300) == 130
         assert command.stderr.read().strip().splitlines() == ["run_recbole_linear.py: interrupted"]
-        wait_for(lambda: not alive(worker), 5, "the worker to die")
+        # compare killed its group before exiting: gone (or a zombie its init has not reaped) already
+        wait_for(lambda: not alive(worker), 60, "the worker to die")
     finally:
         command.kill()
         command.wait()

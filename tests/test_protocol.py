@@ -137,7 +137,8 @@ def test_tune_and_compare_take_protocol_too(subcommand):
     from recbole_linear.workflow import compare, tune
 
     parser = {"tune": tune.tune_parser, "compare": compare.build_parser}[subcommand]()
-    args, _ = cli.parse_known(parser, ["--model=LRURec", "--models=LRURec", "--protocol=lrurec-paper"])
+    models = {"tune": "--model=LRURec", "compare": "--models=LRURec"}[subcommand]  # the other is an unknown key
+    args, _ = cli.parse_known(parser, [models, "--protocol=lrurec-paper"])
     assert cli.split_config_files(args.config_files) == [paths.protocol_file("lrurec-paper")]
 
 

@@ -363,3 +363,15 @@ def test_cli_errors_are_one_line_with_exit_2(space, options, fragments, tiny_dat
     for fragment in fragments:
         assert fragment in lines[0]
     assert not (tmp_path / "hyper_results").exists()
+
+
+def test_tuning_log_writes_no_colour_codes_where_stderr_is_not_a_terminal(tmp_path, capsys):
+    """stderr redirected to a file or a pipe (as here): plain lines, RecBole's set_color codes removed too."""
+    from recbole.utils import set_color
+
+    with tuning._TuneLogging(str(tmp_path)) as logger:
+        logger.info(set_color("best of 1 trials", "yellow") + ": done")
+        logger.warning("a warning")
+    err = capsys.readouterr().err
+    assert "\x1b" not in err, repr(err)
+    assert err.splitlines()[0].endswith("INFO  best of 1 trials: done") and "WARNING  a warning" in err

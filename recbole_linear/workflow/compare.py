@@ -264,6 +264,11 @@ def progress_line(index, total, run, result, seconds):
     return f"{head}  {shown}  {seconds:.1f}s"
 
 
+def _warn(line):
+    """A warning line ('warning: ...') on stderr, apart from the progress lines on stdout."""
+    print(f"compare: {line}", file=sys.stderr, flush=True)
+
+
 def run_comparison(runs, output_dir, dataset, models, seeds, out=print, jobs=1):
     """Run what ``runs.csv`` lacks (``jobs`` at a time), keep it up to date after every run, write
     the summaries. Returns the rows of this comparison (one per planned run, in plan order).
@@ -274,13 +279,13 @@ def run_comparison(runs, output_dir, dataset, models, seeds, out=print, jobs=1):
         raise ConfigError(f"invalid value for '--jobs': {jobs} (expected a positive integer)")
     protocols = planned_protocols(runs)
     check_one_protocol(protocols, runs, [], output_dir)  # before the folder exists
-    with FolderLock(output_dir, "compare", warn=lambda line: out(f"compare: warning: {line}")):
+    with FolderLock(output_dir, "compare"):  # its warning: one line on stderr
         return _run_in_folder(runs, output_dir, dataset, models, seeds, out, jobs, protocols, write_summary)
 
 
 def _run_in_folder(runs, output_dir, dataset, models, seeds, out, jobs, protocols, write_summary):
     csv_path = os.path.join(output_dir, RUNS_NAME)
-    rows, dropped = load_runs(csv_path, warn=lambda line: out(f"compare: {line}"))
+    rows, dropped = load_runs(csv_path, warn=_warn)
     if dropped:
         write_runs(csv_path, rows)  # the dropped rows leave the file now, whatever happens next
     check_one_protocol(protocols, runs, rows, output_dir)

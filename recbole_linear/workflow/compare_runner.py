@@ -4,7 +4,8 @@
 in its own process group (its log is the run's log file), waits, and returns the result the
 worker wrote, or a failure naming the worker's exit and the last line of its log. Every live
 worker is in :data:`WORKERS`, whose groups are killed on any exit of this process that runs Python;
-a worker whose parent is killed outright ends by itself (``die_with_parent``).
+a worker whose parent is killed outright ends by itself, even while it is still importing
+(:mod:`~recbole_linear.workflow.compare_worker_start`).
 """
 import hashlib
 import json
@@ -37,7 +38,10 @@ def threads_per_worker(jobs):
 
 
 def worker_command(spec_file):
-    return [sys.executable, "-m", "recbole_linear.workflow.compare_worker", spec_file]
+    """The worker, started by path: it arms its die-with-parent watch before importing torch and
+    RecBole (``-m`` would import the package, and them, first)."""
+    start = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compare_worker_start.py")
+    return [sys.executable, start, spec_file]
 
 
 def checkpoint_name(run, output_dir):

@@ -19,20 +19,22 @@ config, seed, data pipeline, trainer, evaluator), except:
   run is tested (:mod:`recbole_linear.resume`).
 
 The worker dies with the ``compare`` process that started it (:func:`die_with_parent`), so that a
-killed comparison leaves no orphan training on behind it.
+killed comparison leaves no orphan training on behind it. ``compare`` starts it through
+:mod:`~recbole_linear.workflow.compare_worker_start`, which arms that watch before torch and RecBole
+are imported; started with ``-m`` as above, the watch is armed only after them.
 """
 import json
 import os
 import resource
 import signal
 import sys
-import threading
 import time
 import traceback
 from logging import getLogger
 
 import numpy as np
 
+from recbole_linear.workflow.compare_worker_start import die_with_parent, end_own_group
 from recbole_linear.workflow.per_user import PerUserNDCG
 
 
@@ -217,62 +219,23 @@ def train_and_test_distributed(spec, facts, config):
     }
 
 
-# --- dying with the parent -------------------------------------------------------------------
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-PARENT_POLL_SECONDS = 0.5
+# --- dying with the parent: armed by compare_worker_start, before this module's imports ------------
+_end_own_group = end_own_group  # the name this module used
 
 
-def _end_own_group(*_):
-    """Kill this worker and everything it started: its process group (compare makes each worker
-    the leader of a new session); a plain exit where it leads no group."""
-    try:
-        if os.getpgrp() == os.getpid():
-            os.killpg(os.getpid(), signal.SIGKILL)
-    finally:
-        os._exit(128 + signal.SIGTERM)
-
-
-def _ask_kernel_for_death_signal():
-    """Linux: SIGTERM to this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def die_with_parent(parent_pid):
-    """End this process (and its group) as soon as ``parent_pid`` is no longer its parent.
-
-    Two ways, as neither covers every system: the kernel's death signal (Linux) and a thread
-    that polls the parent pid every :data:`PARENT_POLL_SECONDS` (a dead parent's children are
-    re-parented). The check after arming both covers a parent that died before.
-    """
-    signal.signal(signal.SIGTERM, _end_own_group)
-    _ask_kernel_for_death_signal()
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_SECONDS)
-        _end_own_group()
-
-    if os.getppid() != parent_pid:
-        _end_own_group()
-    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
-
-
-def main(argv):
+def main(argv, watched=False):
+    """``watched``: :mod:`~recbole_linear.workflow.compare_worker_start` armed the parent watch before
+    the imports; here SIGTERM starts ending the process group (this run may start DDP processes)."""
     if len(argv) != 1:
         print("usage: python -m recbole_linear.workflow.compare_worker SPEC.json", file=sys.stderr)
         return 2
     with open(argv[0], "r", encoding="utf-8") as f:
         spec = json.load(f)
     if spec.get("parent_pid"):
-        die_with_parent(int(spec["parent_pid"]))
+        if watched:
+            signal.signal(signal.SIGTERM, end_own_group)
+        else:  # started with -m: armed only now, after the package's imports
+            die_with_parent(int(spec["parent_pid"]))
     start = time.perf_counter()
     facts = {"device": None, "import_rss_mb": None}
     try:

@@ -169,7 +169,7 @@ def cli_main(argv):
     output = args.output or (os.path.join(args.runs, "evaluate.csv") if args.runs else "evaluate.csv")
     # one writer of evaluate.csv (and no evaluation of a folder a compare is still writing)
     folder = os.path.dirname(os.path.abspath(output))
-    with FolderLock(folder, "evaluate", warn=lambda line: print(f"evaluate: warning: {line}", flush=True)):
+    with FolderLock(folder, "evaluate"):  # its warning: one line on stderr
         evaluate_all(targets, cmd_args, output, out=lambda line: print(line, flush=True), per_user=args.per_user)
     return 0
 

@@ -65,7 +65,8 @@ class FolderLock:
         self.folder = folder
         self.purpose = purpose
         self.path = os.path.join(folder, LOCK_NAME)
-        self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+        # one line on stderr, prefixed once: 'compare: warning: taking over ...'
+        self.warn = warn or (lambda line: print(f"{purpose}: warning: {line}", file=sys.stderr, flush=True))
         self._file = None
 
     # --- the lock
@@ -94,7 +95,7 @@ class FolderLock:
                 raise
             break
         if previous and int(previous.get("pid", -1)) != os.getpid():
-            self.warn(f"{self.purpose}: taking over the stale lock of {_holder_text(previous)} on '{self.folder}'")
+            self.warn(f"taking over the stale lock of {_holder_text(previous)} on '{self.folder}'")
         self._file = lock_file
         self._write_holder()
         return self

@@ -133,7 +133,7 @@ def merge_folders(output_dir, sources, out=print, checkpoint_dir=None):
     if not any(row["status"] == "ok" for _, row in by_id.values()):
         raise ConfigError(f"merge: no finished run in {', '.join(sources)}")
 
-    with FolderLock(output_dir, "merge", warn=lambda line: out(f"merge: warning: {line}")):
+    with FolderLock(output_dir, "merge"):  # its warning: one line on stderr
         by_id = _plan(output_dir, sources, lambda line: None)  # again: a compare may have added runs meanwhile
         _check_one_comparison(by_id)
         rows = [_copied_row(row, folder, output_dir, checkpoint_dir, out) for folder, row in by_id.values()]

@@ -237,8 +237,12 @@ class _TuneLogging:
         file_handler.setFormatter(logging.Formatter("%(asctime)-15s %(levelname)s  %(message)s", "%a %d %b %Y %H:%M:%S"))
         file_handler.addFilter(RemoveColorFilter())
         stream_handler = logging.StreamHandler()
-        stream_handler.setFormatter(colorlog.ColoredFormatter(
-            "%(log_color)s%(asctime)-15s %(levelname)s  %(message)s", "%d %b %H:%M", log_colors=log_colors_config))
+        if getattr(stream_handler.stream, "isatty", lambda: False)():
+            stream_handler.setFormatter(colorlog.ColoredFormatter(
+                "%(log_color)s%(asctime)-15s %(levelname)s  %(message)s", "%d %b %H:%M", log_colors=log_colors_config))
+        else:  # a file or a pipe: no colour codes (colorlog 4 writes them whatever the stream)
+            stream_handler.setFormatter(logging.Formatter("%(asctime)-15s %(levelname)s  %(message)s", "%d %b %H:%M"))
+            stream_handler.addFilter(RemoveColorFilter())
         self.handlers = [file_handler, stream_handler]
         for handler in self.handlers:
             logger.addHandler(handler)

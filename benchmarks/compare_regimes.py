@@ -3,7 +3,7 @@
 For every model both folders ran, this prints the test NDCG@10 (mean ± sample std over seeds),
 epochs and seconds per epoch of each folder, and the two-sided Wilcoxon signed-rank p-value of the
 per-user test NDCG@10 (each user averaged over seeds, paired by user) between the two folders:
-the same test the summaries use against the best baseline (``recbole_linear.workflow.report``).
+the same test the summaries use against the best baseline (``recbole_linear.workflow.compare.report``).
 
 Usage (from the repository root):
     python benchmarks/compare_regimes.py results/ml-100k results/ml-100k-all-positions-b128 [more folders...]
@@ -16,8 +16,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole_linear.workflow.report import average_by_user, paired_p_value, per_user_path  # noqa: E402
-from recbole_linear.workflow.run_table import load_runs  # noqa: E402
+from recbole_linear.workflow.compare.report import average_by_user, paired_p_value, per_user_path  # noqa: E402
+from recbole_linear.workflow.common.run_table import load_runs  # noqa: E402
 
 METRIC = "ndcg@10"
 

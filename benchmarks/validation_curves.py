@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole_linear.workflow.run_log import validation_curve  # noqa: E402
+from recbole_linear.workflow.common.run_log import validation_curve  # noqa: E402
 
 
 def _pairs(items, what):

@@ -17,14 +17,16 @@ import sys
 from recbole_linear.config import parse_cmd_args
 from recbole_linear.errors import ConfigError, RecBoleLinearError
 from recbole_linear.known_keys import allow_keys, check_command_line_keys
+from recbole_linear.paths import protocol_file
+from recbole_linear.quick_start import run
 
 PROG = "run_recbole_linear.py"
 # subcommand -> module exposing cli_main(argv) -> int
 SUBCOMMANDS = {
-    "tune": "recbole_linear.workflow.tune",
-    "compare": "recbole_linear.workflow.compare",
+    "tune": "recbole_linear.workflow.tune.command",
+    "compare": "recbole_linear.workflow.compare.command",
     "evaluate": "recbole_linear.workflow.evaluate",
-    "merge": "recbole_linear.workflow.merge",
+    "merge": "recbole_linear.workflow.compare.merge",
 }
 
 
@@ -72,8 +74,6 @@ def _protocol_into_config_files(args):
     """``--protocol=NAME`` -> its shipped file, first in ``args.config_files`` (so the user's files win)."""
     if getattr(args, "protocol", None) is None:
         return
-    from recbole_linear.paths import protocol_file
-
     path = protocol_file(args.protocol)  # ConfigError for an unknown name
     if len(path.split()) != 1:
         raise ConfigError(f"--protocol: the installed path '{path}' has spaces; pass it with --config_files")
@@ -115,8 +115,6 @@ def run_parser():
 
 
 def run_main(argv):
-    from recbole_linear.quick_start import run
-
     args, overrides = parse_known(run_parser(), argv)
     run(
         model=args.model,

@@ -17,59 +17,18 @@ gives a dataset without any yaml the load_col it needs (:mod:`recbole_linear.dat
 """
 import numbers
 import os
-import re
 
-import yaml
 from recbole.config import Config
 
 from recbole_linear import paths
+from recbole_linear.all_positions import check_supported
 from recbole_linear.errors import ConfigError, RecBoleLinearError
 from recbole_linear.data_checks import set_default_load_col
 from recbole_linear.known_keys import warn_unknown_keys
-from recbole_linear.recbole_compat import input_type_for
-from recbole_linear.registry import PLUGIN_MODELS, canonical_model_name, get_model
-
-
-class _YamlLoader(yaml.FullLoader):
-    """RecBole's YAML dialect (``1e-3`` is a float) without mutating yaml.FullLoader."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(path):
-    """A YAML mapping from ``path``; ConfigError (one line) if unreadable or not a mapping."""
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            content = yaml.load(f.read(), Loader=_YamlLoader)
-    except OSError as e:
-        raise ConfigError(f"cannot read config file '{path}': {e.strerror}") from e
-    except yaml.YAMLError as e:
-        first_line = str(e).strip().splitlines()[0]
-        raise ConfigError(f"config file '{path}' is not valid YAML: {first_line}") from e
-    if content is None:
-        return {}
-    if not isinstance(content, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of key: value, got {type(content).__name__}")
-    return content
-
-
-def load_model_properties(model_name):
-    """The plugin's default config for ``model_name`` ({} for RecBole's own models)."""
-    path = paths.model_property_file(canonical_model_name(model_name))
-    return read_yaml(path) if os.path.isfile(path) else {}
+from recbole_linear.model_names import PLUGIN_MODELS, canonical_model_name
+from recbole_linear.property_files import load_model_properties, read_yaml  # noqa: F401  (read_yaml: public here too)
+from recbole_linear.recbole_compat import adopt_plugin_defaults, input_type_for
+from recbole_linear.registry import get_model
 
 
 def fill_model_defaults(config, model_name):
@@ -83,8 +42,6 @@ def fill_model_defaults(config, model_name):
     """
     defaults = load_model_properties(model_name)
     if isinstance(config, Config) and not isinstance(config, PluginConfig):
-        from recbole_linear.recbole_compat import adopt_plugin_defaults
-
         plugin_overall = read_yaml(paths.overall_property_file())
         adopt_plugin_defaults(config, model_name, {**{k: v for k, v in plugin_overall.items() if k not in config}, **defaults})
         return config
@@ -166,8 +123,6 @@ def validate(config):
     for key, value in config.final_config_dict.items():
         if "dropout" in key and isinstance(value, (numbers.Real, str)) and not _probability(value):
             raise ConfigError(f"invalid value for '{key}': {value!r} (expected a probability in [0, 1))")
-    from recbole_linear.all_positions import check_supported  # late: it imports RecBole's dataloaders
-
     check_supported(config)
 
 

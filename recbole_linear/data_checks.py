@@ -12,6 +12,7 @@ from logging import getLogger
 
 import numpy as np
 import pandas as pd
+from recbole.data import data_preparation
 from recbole.utils import EvaluatorType, FeatureType
 
 from recbole_linear import paths
@@ -330,8 +331,6 @@ def _check_topk(path, config, n_items):
 def split_dataset(config, dataset):
     """RecBole's ``data_preparation`` and :func:`check_split`; a split without training samples is one
     line (torch's sampler would fail with ``num_samples=0``)."""
-    from recbole.data import data_preparation
-
     interactions, users = len(dataset.inter_feat), dataset.user_num - 1  # id 0 is padding
     message = _too_few_items(config, dataset.item_num - 1)  # id 0 is padding
     if message is not None:  # after RecBole's filters; torch.topk over each user's item scores would fail after training

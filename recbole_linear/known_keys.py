@@ -20,6 +20,8 @@ from logging import getLogger
 from recbole.utils import argument_list
 
 from recbole_linear import paths
+from recbole_linear.errors import ConfigError
+from recbole_linear.property_files import read_yaml
 
 _RECBOLE_DIR = os.path.dirname(os.path.abspath(__import__("recbole").__file__))
 _PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -38,8 +40,6 @@ _allowed = set()
 
 
 def _yaml_keys(pattern):
-    from recbole_linear.config import read_yaml
-
     keys = set()
     for path in glob.glob(pattern):
         if os.path.basename(path) not in _NOT_DEFAULTS:
@@ -104,8 +104,6 @@ def allow_keys(keys):
 def check_command_line_keys(keys):
     """ConfigError for the first unknown ``--key=value`` key: on the command line it is almost always a
     typo (``--epoch=1`` would train RecBole's 300 epochs), so it stops the command before anything loads."""
-    from recbole_linear.errors import ConfigError
-
     for key in keys:
         if unknown_key_message(key) is not None:
             close = closest_known_key(key)

@@ -5,6 +5,8 @@ package; a wheel ships the same folder as ``recbole_linear/properties``.
 """
 import os
 
+from recbole_linear.errors import ConfigError
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -45,8 +47,6 @@ def protocol_names():
 
 def protocol_file(name):
     """The path of a shipped protocol file: a paper's run settings, used as a config file."""
-    from recbole_linear.errors import ConfigError
-
     if name not in protocol_names():
         raise ConfigError(f"unknown protocol '{name}' (shipped: {', '.join(protocol_names()) or 'none'})")
     return os.path.join(properties_dir(), "protocol", f"{name}.yaml")

@@ -15,8 +15,8 @@ import torch
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
-import recbole_linear  # noqa: F401  (registers the plugin models, also in spawned children)
 from recbole_linear import distributed, resume
+from recbole_linear import model as _registered_models  # noqa: F401  (registers the plugin models, also in spawned children)
 from recbole_linear.all_positions import AllPositionTrainDataLoader
 from recbole_linear.config import create_config, override_config
 from recbole_linear.data import create_dataset

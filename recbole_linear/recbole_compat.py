@@ -13,7 +13,7 @@ handled here without touching RecBole's code:
    config every plugin default the user did not set, with the precedence RecBole would have applied
    had the file been in its own folder. When the user sets ``loss_type: BPR``, the input type follows.
 3. RecBole picks ``recbole.trainer.<Model>Trainer`` when that name exists.
-   :func:`register_trainer` adds that name for each plugin model: the plugin's trainer (checkpoints
+   :func:`recbole_linear.trainer.register_trainer` adds that name for each plugin model: the plugin's trainer (checkpoints
    load on torch >= 2.6, LRURec's optimizer groups and eps) that first rebuilds the training
    dataloader if the model's input type or negative sampling differ from those RecBole fixed
    before the model's defaults were known.
@@ -28,9 +28,10 @@ import warnings
 from logging import getLogger
 
 from recbole.data.dataloader import TrainDataLoader
-from recbole.utils import InputType, ModelType
+from recbole.utils import InputType
 
 from recbole_linear.errors import ConfigError
+from recbole_linear.property_files import read_yaml
 
 _RECBOLE_DIR = os.path.dirname(os.path.abspath(__import__("recbole").__file__))
 _INPUT_TYPES = {"CE": InputType.POINTWISE, "BPR": InputType.PAIRWISE}
@@ -49,15 +50,7 @@ def declare_input_type(model_class, default_loss_type):
     model_class.input_type = input_type_for(default_loss_type or "CE")
 
 
-def is_plugin_config(config):
-    from recbole_linear.config import PluginConfig
-
-    return isinstance(config, PluginConfig)
-
-
 def _recbole_yaml(*parts):
-    from recbole_linear.config import read_yaml
-
     path = os.path.join(_RECBOLE_DIR, "properties", *parts)
     return read_yaml(path) if os.path.isfile(path) else {}
 
@@ -122,18 +115,6 @@ class RecBoleEntryTrainerMixin:
 
     def fit(self, train_data, *args, **kwargs):
         return super().fit(align_train_loader(self.config, train_data), *args, **kwargs)
-
-
-def register_trainer(model_name):
-    """Expose ``recbole.trainer.<model_name>Trainer``: RecBole's ``get_trainer`` looks that name up first."""
-    import recbole.trainer
-
-    from recbole_linear.trainer import get_trainer
-
-    plugin_trainer = get_trainer(ModelType.SEQUENTIAL, model_name)
-    trainer_class = type(f"{model_name}Trainer", (RecBoleEntryTrainerMixin, plugin_trainer), {})
-    setattr(recbole.trainer, trainer_class.__name__, trainer_class)
-    return trainer_class
 
 
 @contextlib.contextmanager

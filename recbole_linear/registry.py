@@ -12,17 +12,18 @@ live in this package.
 """
 import importlib
 import importlib.util
+import pkgutil
 import sys
 
 from recbole_linear.data.storage import register_dataset
 from recbole_linear.errors import UnknownModelError
+from recbole_linear.model_names import MODEL_ALIASES, PLUGIN_MODELS, canonical_model_name
+from recbole_linear.property_files import load_model_properties
+from recbole_linear.recbole_compat import declare_input_type
+from recbole_linear.trainer import register_trainer
 
 _SEQUENTIAL_PACKAGE = "recbole.model.sequential_recommender"
 
-# plugin class name -> module path; filled by register_model
-PLUGIN_MODELS = {}
-# alternative spellings accepted on the command line -> class name
-MODEL_ALIASES = {}
 
 _RECBOLE_SUBMODULES = (
     "general_recommender",
@@ -36,9 +37,6 @@ def register_model(model_class, aliases=()):
     """Expose ``model_class`` to RecBole's name lookup (and under each alias), and make RecBole's
     own ``Config``, ``get_trainer`` (see :mod:`recbole_linear.recbole_compat`) and
     ``create_dataset`` (see :mod:`recbole_linear.data.storage`) work for it."""
-    from recbole_linear import recbole_compat
-    from recbole_linear.config import load_model_properties
-
     module = sys.modules[model_class.__module__]
     name = model_class.__name__
     PLUGIN_MODELS[name] = model_class.__module__
@@ -48,16 +46,11 @@ def register_model(model_class, aliases=()):
             # RecBole takes getattr(module, <the name it was given>)
             setattr(module, spelling, model_class)
         sys.modules[f"{_SEQUENTIAL_PACKAGE}.{spelling.lower()}"] = module
-    recbole_compat.declare_input_type(model_class, load_model_properties(name).get("loss_type"))
+    declare_input_type(model_class, load_model_properties(name).get("loss_type"))
     for spelling in (name, *aliases):
-        recbole_compat.register_trainer(spelling)
+        register_trainer(spelling)
         register_dataset(spelling)
     return model_class
-
-
-def canonical_model_name(name):
-    """'GLINT-RU' -> 'GLINTRU'; other names unchanged."""
-    return MODEL_ALIASES.get(name, name)
 
 
 def _recbole_module(name):
@@ -71,8 +64,6 @@ def _recbole_module(name):
 
 def builtin_sequential_models():
     """Names of RecBole's built-in sequential models, read from its package."""
-    import pkgutil
-
     package = importlib.import_module(_SEQUENTIAL_PACKAGE)
     names = []
     for info in pkgutil.iter_modules(package.__path__):

@@ -24,16 +24,18 @@ import os
 import uuid
 from time import time
 
+import recbole.trainer
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.trainer import Trainer
-from recbole.utils import get_local_time
+from recbole.utils import ModelType, get_local_time
 from recbole.utils import get_trainer as recbole_get_trainer
 
+from recbole_linear import resume
 from recbole_linear.all_positions import AllPositionTrainDataLoader
 from recbole_linear.distributed_trainer import trainer_bases
 from recbole_linear.errors import ConfigError
-from recbole_linear.recbole_compat import recbole_warnings_filtered
+from recbole_linear.recbole_compat import RecBoleEntryTrainerMixin, recbole_warnings_filtered
 
 _CLASS_CACHE = {}
 
@@ -172,8 +174,6 @@ class PluginTrainerMixin:
     def fit(self, train_data, *args, **kwargs):
         if self.resume_file is None:
             return super().fit(train_data, *args, **kwargs)
-        from recbole_linear import resume
-
         return resume.resumable_fit(self, super().fit, self.resume_file, train_data, *args, **kwargs)
 
 
@@ -186,3 +186,12 @@ def get_trainer(model_type, model_name):
         # trainer_bases: RecBole's trainer between the DDP mixin and the DDP wrap (recbole_linear.distributed_trainer)
         _CLASS_CACHE[base] = type(f"Plugin{base.__name__}", (PluginTrainerMixin, *trainer_bases(base)), {})
     return _CLASS_CACHE[base]
+
+
+def register_trainer(model_name):
+    """Expose ``recbole.trainer.<model_name>Trainer``: RecBole's ``get_trainer`` looks that name up
+    first (see :mod:`recbole_linear.recbole_compat`); an addition under a name RecBole did not have."""
+    plugin_trainer = get_trainer(ModelType.SEQUENTIAL, model_name)
+    trainer_class = type(f"{model_name}Trainer", (RecBoleEntryTrainerMixin, plugin_trainer), {})
+    setattr(recbole.trainer, trainer_class.__name__, trainer_class)
+    return trainer_class

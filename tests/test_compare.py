@@ -19,7 +19,10 @@ import pytest
 import yaml
 from scipy.stats import wilcoxon
 
-from recbole_linear.workflow import compare, compare_runner, report, summary
+from recbole_linear.workflow.compare import command as compare
+from recbole_linear.workflow.compare import runner as compare_runner
+from recbole_linear.workflow.compare import report
+from recbole_linear.workflow.compare import summary
 from recbole_linear.config import create_config
 from recbole_linear.errors import ConfigError
 from tests.conftest import TINY_DATASET, tiny_cmd_args
@@ -246,7 +249,7 @@ def test_crashed_worker_fails_its_run_only(tmp_path, monkeypatch):
 def test_warnings_go_to_stderr_prefixed_once(tmp_path, monkeypatch, capsys):
     """A stale lock taken over and a cut runs.csv row: one 'compare: warning:' line each on stderr;
     stdout keeps the plan and progress lines."""
-    from recbole_linear.workflow.folder_lock import LOCK_NAME
+    from recbole_linear.workflow.common.folder_lock import LOCK_NAME
 
     worker = "import sys; sys.exit(3)"
     monkeypatch.setattr(compare_runner, "worker_command", lambda spec_file: [sys.executable, "-c", worker, spec_file])
@@ -481,7 +484,7 @@ def test_per_user_ndcg_matches_recbole_evaluator_with_ties_and_several_positives
     from recbole.data.interaction import Interaction
     from recbole.evaluator import Collector, Evaluator
 
-    from recbole_linear.workflow.per_user import PerUserNDCG
+    from recbole_linear.workflow.compare.per_user import PerUserNDCG
 
     config = create_config(
         "SASRec", TINY_DATASET, config_dict={"metrics": ["NDCG"], "topk": [5, 10, 20], "metric_decimal_place": 12}
@@ -512,7 +515,7 @@ def test_per_user_ndcg_on_sampled_evaluation_maps_rows_to_users():
     import torch
     from recbole.data.interaction import Interaction
 
-    from recbole_linear.workflow.per_user import PerUserNDCG
+    from recbole_linear.workflow.compare.per_user import PerUserNDCG
 
     config = create_config("SASRec", TINY_DATASET)
     recorder = PerUserNDCG(config)
@@ -535,7 +538,7 @@ def test_per_user_save_writes_tokens_and_warns_only_when_the_mean_is_not_recbole
 
     import torch
 
-    from recbole_linear.workflow.per_user import PerUserNDCG
+    from recbole_linear.workflow.compare.per_user import PerUserNDCG
 
     config = create_config("SASRec", TINY_DATASET, config_dict={"metric_decimal_place": 4})
     recorder = PerUserNDCG(config)
@@ -569,7 +572,7 @@ def test_per_user_save_writes_tokens_and_warns_only_when_the_mean_is_not_recbole
 
 
 def test_recorder_shadows_batch_eval_on_the_instance_only():
-    from recbole_linear.workflow.per_user import PerUserNDCG
+    from recbole_linear.workflow.compare.per_user import PerUserNDCG
     from recbole_linear.trainer import get_trainer
 
     from recbole.utils import ModelType
@@ -617,7 +620,7 @@ def test_jobs_must_be_positive(tmp_path):
 
 
 def test_validation_curve_reads_recboles_log_including_a_resumed_run(tmp_path):
-    from recbole_linear.workflow.run_log import validation_curve
+    from recbole_linear.workflow.common.run_log import validation_curve
 
     log = tmp_path / "run.log"
     log.write_text(

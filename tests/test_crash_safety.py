@@ -16,10 +16,13 @@ import numpy as np
 import pytest
 
 import recbole_linear
-from recbole_linear.workflow import compare, compare_runner, report, summary
+from recbole_linear.workflow.compare import command as compare
+from recbole_linear.workflow.compare import runner as compare_runner
+from recbole_linear.workflow.compare import report
+from recbole_linear.workflow.compare import summary
 from recbole_linear.errors import ConfigError
-from recbole_linear.workflow.folder_lock import LOCK_NAME, FolderLock, FolderLockedError
-from recbole_linear.workflow.run_table import load_runs
+from recbole_linear.workflow.common.folder_lock import LOCK_NAME, FolderLock, FolderLockedError
+from recbole_linear.workflow.common.run_table import load_runs
 from tests.conftest import ROOT, TINY_DATASET, tiny_cmd_args
 
 SCRIPT = os.path.join(ROOT, "run_recbole_linear.py")
@@ -56,8 +59,9 @@ def worker_pids(spec_fragment):
                     cmdline = f.read().decode(errors="replace")
             except OSError:
                 continue
-            # compare starts recbole_linear/workflow/compare_worker_start.py; -m ...compare_worker by hand
-            if "compare_worker" in cmdline and spec_fragment in cmdline and alive(int(entry)):
+            # compare starts recbole_linear/workflow/compare/worker_start.py; -m ...compare.worker by hand
+            is_worker = "compare/worker_start.py" in cmdline or "compare.worker" in cmdline
+            if is_worker and spec_fragment in cmdline and alive(int(entry)):
                 pids.append(int(entry))
     return pids
 
@@ -87,7 +91,7 @@ def test_second_lock_on_a_folder_is_refused_in_one_line_naming_the_holder(tmp_pa
 
 def test_lock_of_a_live_process_is_refused(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from recbole_linear.workflow.folder_lock import FolderLock; "
+        [sys.executable, "-c", "import sys, time; from recbole_linear.workflow.common.folder_lock import FolderLock; "
          f"lock = FolderLock({str(tmp_path)!r}, 'tune').acquire(); print('locked', flush=True); time.sleep(60)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
@@ -184,7 +188,7 @@ def test_worker_whose_parent_is_gone_exits_at_once(tmp_path):
     result_file = tmp_path / "result.json"
     spec.write_text(json.dumps({"parent_pid": dead_pid(), "result_file": str(result_file)}))
     start = time.time()
-    process = subprocess.run([sys.executable, "-m", "recbole_linear.workflow.compare_worker", str(spec)], cwd=ROOT, timeout=120)
+    process = subprocess.run([sys.executable, "-m", "recbole_linear.workflow.compare.worker", str(spec)], cwd=ROOT, timeout=120)
     assert process.returncode == 128 + signal.SIGTERM and not result_file.exists()
     assert time.time() - start < 60
 

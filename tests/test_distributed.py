@@ -368,7 +368,7 @@ def test_tune_trial_on_two_processes_reports_the_metrics_of_its_checkpoint(data_
 
 def test_tune_nproc_with_ray_is_refused():
     from recbole_linear.errors import ConfigError
-    from recbole_linear.workflow.tune import trial_objective
+    from recbole_linear.workflow.tune.command import trial_objective
 
     assert trial_objective(1, "5678", "ray") is None
     with pytest.raises(ConfigError, match="Ray trials run one process each"):

@@ -237,7 +237,7 @@ def test_evaluate_in_a_fresh_process(saved_lrurec, tmp_path):
 
 
 def test_evaluate_refuses_a_folder_another_command_holds(saved_lrurec, tmp_path, capsys):
-    from recbole_linear.workflow.folder_lock import FolderLock
+    from recbole_linear.workflow.common.folder_lock import FolderLock
 
     runs_dir = tmp_path / "cmp"
     runs_dir.mkdir()

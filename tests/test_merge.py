@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from recbole_linear.errors import ConfigError
-from recbole_linear.workflow import compare
-from recbole_linear.workflow.merge import merge_folders
+from recbole_linear.workflow.compare import command as compare
+from recbole_linear.workflow.compare.merge import merge_folders
 from tests.conftest import ROOT
 
 USERS = np.array([f"u{i}" for i in range(30)])

@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from recbole_linear import run_recbole_linear
-from recbole_linear.workflow import compare
+from recbole_linear.workflow.compare import command as compare
 from recbole_linear.cli import main
-from recbole_linear.workflow.run_table import load_runs, relative_path, resolve_path
+from recbole_linear.workflow.common.run_table import load_runs, relative_path, resolve_path
 from tests.conftest import ROOT, TINY_DATASET, TINY_SETTINGS
 
 COMMITTED = sorted(glob.glob(os.path.join(ROOT, "results", "*", "runs.csv")))
@@ -127,7 +127,7 @@ def test_committed_run_configs_store_no_machine_paths(path):
 
 
 def test_dumped_config_paths_are_relative_to_the_file(tmp_path):
-    from recbole_linear.workflow.compare_worker import dump_config
+    from recbole_linear.workflow.compare.worker import dump_config
     from recbole_linear.config import create_config, read_yaml
 
     config = create_config("SASRec", "ml-100k", config_dict={"checkpoint_dir": str(tmp_path / "saved")})

@@ -1,6 +1,6 @@
 """Interrupted runs resume from their last finished epoch, bit-identical to an uninterrupted run.
 
-A ``compare`` worker (``python -m recbole_linear.workflow.compare_worker``) trains LRURec for 4 epochs on
+A ``compare`` worker (``python -m recbole_linear.workflow.compare.worker``) trains LRURec for 4 epochs on
 the tiny dataset with dropout and shuffling, so every epoch draws random numbers. A second
 worker is really killed (SIGKILL, by a wrapper of the plugin's own code in that child process)
 in the middle of epoch 2 (0-based), after the resume file of epoch 1 was written; a third one
@@ -35,7 +35,7 @@ RUN_ID = "LRURec-resume"
 KILLING_CHILD = r"""
 import os, signal, sys
 from recbole_linear import resume
-from recbole_linear.workflow import compare_worker
+from recbole_linear.workflow.compare import worker as compare_worker
 from recbole_linear.model.lrurec import LRURec
 
 spec_file, kill_after = sys.argv[1], int(sys.argv[2])
@@ -103,7 +103,7 @@ def run_child(args, folder):
 
 
 def run_worker(folder):
-    process = run_child(["-m", "recbole_linear.workflow.compare_worker", os.path.join(folder, "spec.json")], folder)
+    process = run_child(["-m", "recbole_linear.workflow.compare.worker", os.path.join(folder, "spec.json")], folder)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     with open(paths_of(folder)[2]) as f:
         return json.load(f), process.stdout + process.stderr

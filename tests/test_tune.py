@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from recbole_linear import paths
-from recbole_linear.workflow import hyper_space, tune_store
-from recbole_linear.workflow import tune as tuning
+from recbole_linear.workflow.tune import space as hyper_space
+from recbole_linear.workflow.tune import store as tune_store
+from recbole_linear.workflow.tune import command as tuning
 from recbole_linear.config import create_config, read_yaml
 from recbole_linear.errors import ConfigError
 from recbole_linear.quick_start import objective_function

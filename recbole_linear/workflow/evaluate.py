@@ -27,11 +27,13 @@ import time
 from logging import getLogger
 
 from recbole_linear.cli import PROG, parse_known
-from recbole_linear.workflow.compare import read_runs, write_csv
+from recbole_linear.workflow.compare.command import read_runs, write_csv
 from recbole_linear.config import parse_cmd_args
 from recbole_linear.errors import ConfigError, RecBoleLinearError
-from recbole_linear.workflow.run_table import RUNS_NAME, load_runs, relative_path, resolve_path
-from recbole_linear.workflow.folder_lock import FolderLock
+from recbole_linear.quick_start import evaluate_checkpoint
+from recbole_linear.workflow.compare.per_user import PerUserNDCG
+from recbole_linear.workflow.common.run_table import RUNS_NAME, load_runs, relative_path, resolve_path
+from recbole_linear.workflow.common.folder_lock import FolderLock
 
 PER_USER_FOLDER = "evaluate_per_user"  # not compare's per_user/: a run's own file stays untouched
 _FIRST_COLUMNS = ["checkpoint", "settings", "run_id", "model", "dataset", "seed"]
@@ -110,8 +112,6 @@ class _PerUserTest:
         self.recorder, self.dataset = None, None
 
     def __call__(self, config, trainer, dataset):
-        from recbole_linear.workflow.per_user import PerUserNDCG
-
         self.recorder, self.dataset = PerUserNDCG(config), dataset
         self.recorder.attach(trainer)
 
@@ -127,8 +127,6 @@ def write_rows(path, rows):
 def evaluate_all(targets, cmd_args, output, out=print, per_user=False):
     """Evaluate each (checkpoint, run row) with ``cmd_args``; keep ``output`` up to date; return the
     new rows. ``per_user``: also write each one's per-user NDCG@10 file (see the module's doc)."""
-    from recbole_linear.quick_start import evaluate_checkpoint
-
     settings = settings_label(cmd_args)
     # per-user file names: where the data lives does not change the numbers, so no data_path
     named = settings_label(cmd_args, leave_out=("data_path",))

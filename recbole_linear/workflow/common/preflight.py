@@ -11,12 +11,11 @@ import os
 
 from recbole_linear.config import create_config
 from recbole_linear.errors import ConfigError, RecBoleLinearError
+from recbole_linear.quick_start import check_dataset
 
 
 def check_run(model, dataset, config_file_list=None, config_dict=None, cmd_args=None):
     """The config of one run, or the run's one-line error (RecBoleLinearError)."""
-    from recbole_linear.quick_start import check_dataset
-
     # RecBole's Config sets CUDA_VISIBLE_DEVICES from gpu_id; a check must leave the process as it was
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:

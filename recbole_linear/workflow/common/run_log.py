@@ -8,7 +8,7 @@ RecBole logs each validation as two lines::
 
 (the metrics line may carry colour codes). :func:`validation_curve` returns one entry per
 validation, in log order, so the curve of a long run that resumed (its log appended at every
-start, see :mod:`recbole_linear.workflow.compare_runner`) is complete; an epoch validated twice (the
+start, see :mod:`recbole_linear.workflow.compare.runner`) is complete; an epoch validated twice (the
 run was cut after validating it and resumed from an earlier save) keeps its last entry.
 """
 import re

@@ -7,8 +7,8 @@
 Each run (model, seed) is ``run_recbole_linear.py --model=M --seed=S`` with the shared config
 files and ``--key=value`` overrides plus that model's ``--model_config`` (a YAML of key: value,
 e.g. the best parameters ``tune`` writes; it beats shared settings, being more specific). It runs in
-its own process (:mod:`recbole_linear.workflow.compare_worker`, started by
-:mod:`recbole_linear.workflow.compare_runner`): its peak memory is its own and a crash fails that
+its own process (:mod:`recbole_linear.workflow.compare.worker`, started by
+:mod:`recbole_linear.workflow.compare.runner`): its peak memory is its own and a crash fails that
 run only.
 
 The output folder (default ``saved/compare/<dataset>/``, outside the repository's tracked
@@ -18,8 +18,8 @@ The output folder (default ``saved/compare/<dataset>/``, outside the repository'
   evaluation's seconds, its latency in ms per 1,000 users, peak RSS / GPU MB, the run's training
   regime (``train_all_positions``) and evaluation protocol (``eval_mask_history``) from its final
   config, the checkpoint and the files below (paths relative to the folder, so it can move);
-- ``summary.md`` / ``summary.tex``: see :mod:`recbole_linear.workflow.summary` (the table as
-  data: :mod:`recbole_linear.workflow.report`);
+- ``summary.md`` / ``summary.tex``: see :mod:`recbole_linear.workflow.compare.summary` (the table as
+  data: :mod:`recbole_linear.workflow.compare.report`);
 - ``configs/<run_id>.yaml`` the final config of each run, ``per_user/<run_id>.npz`` each test
   user's NDCG@10 (arrays ``user``, ``ndcg@10``), ``logs/<run_id>.log`` the run's output (appended at every start).
 
@@ -29,10 +29,10 @@ skips every run that finished (status ``ok``) and retries the failed ones; a run
 changed gets a new id and runs again (older rows stay in ``runs.csv``; the summary reads only the
 runs of the current command).
 
-Faults: one command at a time per folder (:mod:`recbole_linear.workflow.folder_lock`; a second one exits
+Faults: one command at a time per folder (:mod:`recbole_linear.workflow.common.folder_lock`; a second one exits
 with status 2, a dead command's lock is taken over); each worker dies with this process, however
-it dies (:func:`recbole_linear.workflow.compare_worker.die_with_parent`); ``runs.csv`` rows are validated on
-reading (:mod:`recbole_linear.workflow.run_table`: a row cut short runs again, a junk row is dropped). One
+it dies (:func:`recbole_linear.workflow.compare.worker.die_with_parent`); ``runs.csv`` rows are validated on
+reading (:mod:`recbole_linear.workflow.common.run_table`: a row cut short runs again, a junk row is dropped). One
 table holds one training regime and one evaluation protocol: mixing them is refused before training.
 """
 import concurrent.futures
@@ -44,14 +44,15 @@ import sys
 import time
 
 from recbole_linear.cli import PROG, common_parser, parse_known, split_config_files
-from recbole_linear.workflow.compare_runner import WORKERS, execute, threads_per_worker
-from recbole_linear.workflow.compare_protocol import PROTOCOL_KEYS, check_one_protocol, planned_protocols, protocol_of_config
+from recbole_linear.workflow.compare.runner import WORKERS, execute, threads_per_worker
+from recbole_linear.workflow.compare.protocol import PROTOCOL_KEYS, check_one_protocol, planned_protocols, protocol_of_config
+from recbole_linear.workflow.compare.summary import write_summary
 from recbole_linear.config import parse_cmd_args, read_yaml
 from recbole_linear.errors import ConfigError, RecBoleLinearError
-from recbole_linear.workflow.folder_lock import FolderLock
-from recbole_linear.workflow.preflight import check_runs
+from recbole_linear.workflow.common.folder_lock import FolderLock
+from recbole_linear.workflow.common.preflight import check_runs
 from recbole_linear.registry import canonical_model_name, get_model
-from recbole_linear.workflow.run_table import RUNS_NAME, load_runs, read_csv_rows, relative_path
+from recbole_linear.workflow.common.run_table import RUNS_NAME, load_runs, read_csv_rows, relative_path
 
 # keys a comparison sets itself, per run
 _RESERVED_OVERRIDES = {
@@ -207,7 +208,7 @@ def plan_runs(models, seeds, dataset, config_files, shared_overrides, model_conf
 
 # --- runs.csv --------------------------------------------------------------------------------
 def read_runs(path):
-    """The rows of a CSV as they are (no validation: see :func:`~recbole_linear.workflow.run_table.load_runs`)."""
+    """The rows of a CSV as they are (no validation: see :func:`~recbole_linear.workflow.common.run_table.load_runs`)."""
     return read_csv_rows(path)[1]
 
 
@@ -273,8 +274,6 @@ def run_comparison(runs, output_dir, dataset, models, seeds, out=print, jobs=1):
     """Run what ``runs.csv`` lacks (``jobs`` at a time), keep it up to date after every run, write
     the summaries. Returns the rows of this comparison (one per planned run, in plan order).
     """
-    from recbole_linear.workflow.summary import write_summary
-
     if jobs < 1:
         raise ConfigError(f"invalid value for '--jobs': {jobs} (expected a positive integer)")
     protocols = planned_protocols(runs)
@@ -359,7 +358,7 @@ def cli_main(argv):
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
-if __name__ == "__main__":  # python -m recbole_linear.workflow.compare ... (same as the subcommand)
+if __name__ == "__main__":  # python -m recbole_linear.workflow.compare.command ... (same as the subcommand)
     try:
         sys.exit(cli_main(sys.argv[1:]))
     except RecBoleLinearError as e:

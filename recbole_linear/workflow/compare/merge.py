@@ -20,8 +20,11 @@ import os
 import shutil
 
 from recbole_linear.errors import ConfigError
-from recbole_linear.workflow.compare_protocol import PROTOCOL_KEYS, protocol_of_row
-from recbole_linear.workflow.run_table import RUNS_NAME, load_runs, relative_path, resolve_path
+from recbole_linear.workflow.common.folder_lock import FolderLock
+from recbole_linear.workflow.compare.command import write_runs
+from recbole_linear.workflow.compare.summary import write_summary
+from recbole_linear.workflow.compare.protocol import PROTOCOL_KEYS, protocol_of_row
+from recbole_linear.workflow.common.run_table import RUNS_NAME, load_runs, relative_path, resolve_path
 
 # the files a row names, and the subfolder of the merged folder each goes to
 _COPIED_FILES = (("config_file", "configs"), ("per_user_file", "per_user"), ("log_file", "logs"))
@@ -118,10 +121,6 @@ def merge_folders(output_dir, sources, out=print, checkpoint_dir=None):
     ``checkpoint_dir``: the merged rows' checkpoints are ``<checkpoint_dir>/<file name>`` (a path
     from the current folder; default: where each run kept its checkpoint).
     """
-    from recbole_linear.workflow.compare import write_runs
-    from recbole_linear.workflow.folder_lock import FolderLock
-    from recbole_linear.workflow.summary import write_summary
-
     if not sources:
         raise ConfigError("merge: name at least one compare output folder to merge from")
     for source in sources:

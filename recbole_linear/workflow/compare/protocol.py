@@ -12,7 +12,7 @@ import os
 
 from recbole_linear.config import create_config, read_yaml
 from recbole_linear.errors import ConfigError, RecBoleLinearError
-from recbole_linear.workflow.run_table import resolve_path
+from recbole_linear.workflow.common.run_table import resolve_path
 
 PROTOCOL_KEYS = ("train_all_positions", "eval_mask_history")
 

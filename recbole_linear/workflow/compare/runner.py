@@ -1,11 +1,11 @@
 """How ``compare`` runs one (model, seed): a worker process per run, killed with this one.
 
-:func:`execute` writes the run's spec file, starts :mod:`recbole_linear.workflow.compare_worker`
+:func:`execute` writes the run's spec file, starts :mod:`recbole_linear.workflow.compare.worker`
 in its own process group (its log is the run's log file), waits, and returns the result the
 worker wrote, or a failure naming the worker's exit and the last line of its log. Every live
 worker is in :data:`WORKERS`, whose groups are killed on any exit of this process that runs Python;
 a worker whose parent is killed outright ends by itself, even while it is still importing
-(:mod:`~recbole_linear.workflow.compare_worker_start`).
+(:mod:`~recbole_linear.workflow.compare.worker_start`).
 """
 import hashlib
 import json
@@ -40,7 +40,7 @@ def threads_per_worker(jobs):
 def worker_command(spec_file):
     """The worker, started by path: it arms its die-with-parent watch before importing torch and
     RecBole (``-m`` would import the package, and them, first)."""
-    start = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compare_worker_start.py")
+    start = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_start.py")
     return [sys.executable, start, spec_file]
 
 

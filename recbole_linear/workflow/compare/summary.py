@@ -7,7 +7,7 @@ significance test named, and the failed runs listed. LaTeX: the same table for a
 import math
 import os
 
-from recbole_linear.workflow.report import METRIC_DIGITS, SIGNIFICANCE_TEST, build_table
+from recbole_linear.workflow.compare.report import METRIC_DIGITS, SIGNIFICANCE_TEST, build_table
 
 # RecBole metric name (before '@') -> the name papers print
 _PRETTY_METRICS = {

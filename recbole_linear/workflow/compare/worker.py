@@ -1,4 +1,4 @@
-"""One run of a comparison in a process of its own: ``python -m recbole_linear.workflow.compare_worker SPEC.json``.
+"""One run of a comparison in a process of its own: ``python -m recbole_linear.workflow.compare.worker SPEC.json``.
 
 ``compare`` starts one such process per (model, seed), so that the peak resident memory the
 process reports belongs to that run alone and a crash (an exception, an out-of-memory kill, a
@@ -12,7 +12,7 @@ config, seed, data pipeline, trainer, evaluator), except:
   (``<run_id>-<folder hash>.pth``, see ``compare_runner.checkpoint_name``);
 - the best checkpoint is loaded before the test evaluation, which is timed, and which also
   records every test user's NDCG@10 from the same full-sort scores RecBole's evaluator ranks
-  (:class:`~recbole_linear.workflow.per_user.PerUserNDCG`);
+  (:class:`~recbole_linear.workflow.compare.per_user.PerUserNDCG`);
 - training survives interruption: after every epoch the run's state goes to
   ``<checkpoint>.resume.pth``, and a later attempt of the same run (compare retries unfinished
   runs) continues from it, bit-identical to an uninterrupted run; the file is removed once the
@@ -20,7 +20,7 @@ config, seed, data pipeline, trainer, evaluator), except:
 
 The worker dies with the ``compare`` process that started it (:func:`die_with_parent`), so that a
 killed comparison leaves no orphan training on behind it. ``compare`` starts it through
-:mod:`~recbole_linear.workflow.compare_worker_start`, which arms that watch before torch and RecBole
+:mod:`~recbole_linear.workflow.compare.worker_start`, which arms that watch before torch and RecBole
 are imported; started with ``-m`` as above, the watch is armed only after them.
 """
 import json
@@ -34,8 +34,13 @@ from logging import getLogger
 
 import numpy as np
 
-from recbole_linear.workflow.compare_worker_start import die_with_parent, end_own_group
-from recbole_linear.workflow.per_user import PerUserNDCG
+from recbole_linear import resume
+from recbole_linear.config import create_config
+from recbole_linear.distributed import free_port
+from recbole_linear.quick_start import check_dataset, count_parameters, load_data_and_model, prepare, run
+from recbole_linear.trainer import get_trainer, load_checkpoint
+from recbole_linear.workflow.compare.parent_watch import die_with_parent, end_own_group
+from recbole_linear.workflow.compare.per_user import PerUserNDCG
 
 
 def one_line_error(error):
@@ -91,8 +96,6 @@ def peak_memory(device=None):
 
 
 def _load_best(trainer, model, logger):
-    from recbole_linear.trainer import load_checkpoint
-
     if not os.path.isfile(trainer.saved_model_file):  # nothing validated: a worker started by hand (compare refuses it)
         logger.warning(f"no checkpoint at {trainer.saved_model_file}: testing the current weights")
         return
@@ -105,10 +108,6 @@ def train_and_test(spec, facts):
     """Train and test one run; fills ``facts`` as it goes (device, config) and returns the result."""
     import torch
     from recbole.utils import init_logger, init_seed
-
-    from recbole_linear import resume
-    from recbole_linear.config import create_config
-    from recbole_linear.quick_start import check_dataset, count_parameters, prepare
 
     config = create_config(spec["model"], spec["dataset"], spec["config_files"], None, spec["cmd_args"])
     check_dataset(config)
@@ -178,10 +177,6 @@ def train_and_test_distributed(spec, facts, config):
     """
     import resource
 
-    from recbole_linear.distributed import free_port
-    from recbole_linear.quick_start import count_parameters, load_data_and_model, run
-    from recbole_linear.trainer import get_trainer
-
     name = spec.get("checkpoint_name") or f"{spec['run_id']}.pth"
     saved_model_file = os.path.join(config["checkpoint_dir"], name)
     dump_config(config, spec["config_file"])
@@ -224,10 +219,10 @@ _end_own_group = end_own_group  # the name this module used
 
 
 def main(argv, watched=False):
-    """``watched``: :mod:`~recbole_linear.workflow.compare_worker_start` armed the parent watch before
+    """``watched``: :mod:`~recbole_linear.workflow.compare.worker_start` armed the parent watch before
     the imports; here SIGTERM starts ending the process group (this run may start DDP processes)."""
     if len(argv) != 1:
-        print("usage: python -m recbole_linear.workflow.compare_worker SPEC.json", file=sys.stderr)
+        print("usage: python -m recbole_linear.workflow.compare.worker SPEC.json", file=sys.stderr)
         return 2
     with open(argv[0], "r", encoding="utf-8") as f:
         spec = json.load(f)

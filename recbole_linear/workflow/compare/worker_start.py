@@ -2,68 +2,35 @@
 
 A worker must die with the ``compare`` that started it, including while it is still importing
 torch and RecBole (seconds, 7-9 s on a loaded machine): an orphan would train on and hold the
-folder's lock. ``python -m recbole_linear.workflow.compare_worker`` imports the package (and with
+folder's lock. ``python -m recbole_linear.workflow.compare.worker`` imports the package (and with
 it torch and RecBole) before the module's first line runs, so the watch could only be armed after
 them. Run by path, this file imports the standard library alone, arms the watch
 (:func:`die_with_parent`), and only then imports the worker.
 
-The watch: the kernel's parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG)``), a check that the
-parent has not died already, and a thread that polls the parent pid (other systems). Until the
-worker has imported its modules, ``SIGTERM`` keeps its default action (the kernel ends the process
-at once, even inside a long C-level import); from then on the worker's handler ends its process
-group too (:func:`end_own_group`), as the processes it starts (DDP ranks) are in it.
+The watch is :mod:`~recbole_linear.workflow.compare.parent_watch`, loaded here by its file under its
+package name (standard library only), so that the worker's later ``import`` of it finds this very
+module, armed, instead of importing the package first.
 """
+import importlib.util
 import json
 import os
 import signal
 import sys
-import threading
-import time
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-PARENT_POLL_SECONDS = 0.5
+WATCH_MODULE = "recbole_linear.workflow.compare.parent_watch"
 
 
-def end_own_group(*_):
-    """Kill this worker and everything it started: its process group (compare makes each worker
-    the leader of a new session); a plain exit where it leads no group."""
-    try:
-        if os.getpgrp() == os.getpid():
-            os.killpg(os.getpid(), signal.SIGKILL)
-    finally:
-        os._exit(128 + signal.SIGTERM)
-
-
-def _ask_kernel_for_death_signal():
-    """Linux: SIGTERM to this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def die_with_parent(parent_pid, on_sigterm=end_own_group):
-    """End this process (and its group) as soon as ``parent_pid`` is no longer its parent.
-
-    ``on_sigterm``: the SIGTERM handler (``signal.SIG_DFL`` while nothing else runs in the group).
-    The check after arming the kernel's signal covers a parent that died before.
-    """
-    signal.signal(signal.SIGTERM, on_sigterm)
-    _ask_kernel_for_death_signal()
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_SECONDS)
-        end_own_group()
-
-    if os.getppid() != parent_pid:
-        end_own_group()
-    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+def _load_parent_watch():
+    """:mod:`~recbole_linear.workflow.compare.parent_watch` without importing ``recbole_linear``
+    (whose ``__init__`` imports torch and RecBole): by its path, registered under its own name."""
+    if WATCH_MODULE in sys.modules:
+        return sys.modules[WATCH_MODULE]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parent_watch.py")
+    spec = importlib.util.spec_from_file_location(WATCH_MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[WATCH_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv):
@@ -74,8 +41,9 @@ def main(argv):
         except (OSError, ValueError):
             parent_pid = None  # the worker reports the bad spec
         if parent_pid:
-            die_with_parent(int(parent_pid), on_sigterm=signal.SIG_DFL)
-    from recbole_linear.workflow.compare_worker import main as worker_main
+            _load_parent_watch().die_with_parent(int(parent_pid), on_sigterm=signal.SIG_DFL)
+    # deferred on purpose: the worker imports torch and RecBole, which must come after the watch
+    from recbole_linear.workflow.compare.worker import main as worker_main
 
     return worker_main(argv, watched=True)
 

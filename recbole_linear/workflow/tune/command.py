@@ -22,7 +22,7 @@ A trial is its parameters under the folder's fixed settings. Each one is appende
 there from the file instead of training it (hyperopt gets the stored loss), and refuses to start if
 the fixed settings changed. hyperopt is seeded (``--search_seed``), so a rerun of an interrupted
 random or bayes search proposes the same points again and only the unfinished ones train. One
-command at a time per folder (:mod:`recbole_linear.workflow.folder_lock`): a second one is refused before
+command at a time per folder (:mod:`recbole_linear.workflow.common.folder_lock`): a second one is refused before
 it writes anything; the lock of a command that died is taken over. Trial checkpoints are named
 after the folder, the fixed settings and the trial's parameters, so the same trial tuned into two
 folders writes two files.
@@ -35,7 +35,7 @@ Where this differs from RecBole's ``HyperTuning``:
 - ``exhaustive`` rejects spaces with non-``choice`` parameters (RecBole silently samples them);
 - ``quniform`` values are integers when low, high and q are integers (hyperopt gives floats,
   which ``hidden_size`` cannot take);
-- tied keys (:data:`~recbole_linear.workflow.hyper_space.TIED_PARAMS`): when the source key is tuned and
+- tied keys (:data:`~recbole_linear.workflow.tune.space.TIED_PARAMS`): when the source key is tuned and
   the tied key is not, the tied key takes the same value in every trial (GLINT-RU needs
   ``embedding_size == hidden_size``); the tied values are part of the trial and of ``best_params.yaml``;
 - ``--early_stop=0`` turns RecBole's no-progress early stop off;
@@ -48,14 +48,14 @@ import numbers
 import os
 import sys
 
-from recbole_linear.cli import PROG, common_parser, parse_known, split_config_files
+from recbole_linear.cli import PROG, common_parser, main, parse_known, split_config_files
 from recbole_linear.config import create_config, read_yaml
 from recbole_linear.errors import ConfigError
-from recbole_linear.quick_start import check_dataset, objective_function
+from recbole_linear.quick_start import check_dataset, ddp_objective_function, objective_function
 from recbole_linear.registry import get_model
-from recbole_linear.workflow.folder_lock import FolderLock
-from recbole_linear.workflow.preflight import require_validation
-from recbole_linear.workflow.hyper_space import (
+from recbole_linear.workflow.common.folder_lock import FolderLock
+from recbole_linear.workflow.common.preflight import require_validation
+from recbole_linear.workflow.tune.space import (
     CSV_NAME,
     ParamsFileError,
     params_str,
@@ -63,7 +63,7 @@ from recbole_linear.workflow.hyper_space import (
     resolve_params_file,
     tied_keys,
 )
-from recbole_linear.workflow.tune_run import (
+from recbole_linear.workflow.tune.run import (
     BEST_NAME,
     FIXED_NAME,
     HTML_NAME,
@@ -76,7 +76,7 @@ from recbole_linear.workflow.tune_run import (
     yaml_round_trip,
     yaml_dump,
 )
-from recbole_linear.workflow.tune_store import TrialStore
+from recbole_linear.workflow.tune.store import TrialStore
 
 ALGORITHMS = ("exhaustive", "random", "bayes")
 TOOLS = ("hyperopt", "ray")
@@ -187,7 +187,7 @@ def prepare(model, dataset="ml-100k", params_file=None, config_file_list=None, c
     params_file = resolve_params_file(model, params_file)
     specs = read_params_file(params_file)
     if tool == "ray":
-        import recbole_linear.workflow.tune_ray  # noqa: F401  (RayUnavailableError when ray cannot work here)
+        import recbole_linear.workflow.tune.ray_tune  # noqa: F401  (RayUnavailableError when ray cannot work here)
 
     base_config = _config(model, dataset, config_file_list, config_dict, cmd_args)
     require_validation(base_config, "tune")
@@ -302,7 +302,7 @@ def _tune_prepared(run, ray_address, cpus_per_trial, gpus_per_trial):
             logger.info(f"{len(run.store)} trials already in {run.store.path}: a trial proposed again is not retrained")
         try:
             if run.tool == "ray":
-                from recbole_linear.workflow.tune_ray import run_on_ray
+                from recbole_linear.workflow.tune.ray_tune import run_on_ray
 
                 run_on_ray(run, address=ray_address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
             else:
@@ -358,8 +358,6 @@ def trial_objective(nproc, port, tool):
         raise ConfigError("--nproc applies to --tool=hyperopt; Ray trials run one process each")
     import functools
 
-    from recbole_linear.quick_start import ddp_objective_function
-
     return functools.partial(ddp_objective_function, nproc=nproc, port=port)
 
 
@@ -386,7 +384,5 @@ def cli_main(argv):
     return 0
 
 
-if __name__ == "__main__":  # python -m recbole_linear.workflow.tune ...
-    from recbole_linear.cli import main
-
+if __name__ == "__main__":  # python -m recbole_linear.workflow.tune.command ...
     sys.exit(main(["tune", *sys.argv[1:]]))

@@ -20,7 +20,9 @@ import os
 import time
 
 from recbole_linear.errors import ConfigError, RecBoleLinearError
-from recbole_linear.workflow.tune_store import TrialFailedError, execute_trial, quiet_import
+from recbole_linear.quick_start import objective_function
+from recbole_linear.workflow.tune.run import LOGGER_NAME
+from recbole_linear.workflow.tune.store import TrialFailedError, execute_trial, quiet_import
 
 
 class RayUnavailableError(RecBoleLinearError):
@@ -57,8 +59,6 @@ def ray_trainable(config, points, fixed_config_dict, checkpoint_files, cpus_per_
     import ray
     import torch
     from ray.air import session
-
-    from recbole_linear.quick_start import objective_function
 
     index = config["trial_index"]
     torch.set_num_threads(max(1, int(cpus_per_trial)))
@@ -128,7 +128,7 @@ def _first_line(error):
 
 def run_on_ray(run, address=None, cpus_per_trial=1, gpus_per_trial=0):
     """Run the search's pending points on Ray; every result lands in the run's trials.csv."""
-    logger = logging.getLogger("recbole_linear.workflow.tune")
+    logger = logging.getLogger(LOGGER_NAME)
     points = run.proposed_points()
     pending = []
     for number, params in enumerate(points, 1):

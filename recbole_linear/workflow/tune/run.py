@@ -4,7 +4,7 @@
 it serves stored trials from ``trials.csv``, trains the others through the objective, and writes
 ``trials.md``, ``best_params.yaml`` and the HTML display after every trial.
 :class:`PluginHyperTuning` is RecBole's ``HyperTuning`` with the differences listed in
-:mod:`recbole_linear.workflow.tune`. The command line, option checks and :func:`tune` live there.
+:mod:`recbole_linear.workflow.tune.command`. The command line, option checks and :func:`tune` live there.
 """
 import hashlib
 import logging
@@ -18,8 +18,8 @@ import yaml
 from recbole.trainer.hyper_tuning import HyperTuning
 from recbole.utils import set_color
 
-from recbole_linear.workflow.hyper_space import CSV_NAME, params_str, plain, tied_keys, trial_key
-from recbole_linear.workflow.tune_store import TrialStore, execute_trial, quiet_import
+from recbole_linear.workflow.tune.space import CSV_NAME, params_str, plain, tied_keys, trial_key
+from recbole_linear.workflow.tune.store import TrialStore, execute_trial, quiet_import
 
 MD_NAME, BEST_NAME = "trials.md", "best_params.yaml"
 FIXED_NAME, LOG_NAME, HTML_NAME = "fixed_config.yaml", "tune.log", "tuning.html"

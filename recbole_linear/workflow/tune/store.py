@@ -1,6 +1,6 @@
 """Trials on disk: ``trials.csv`` (:class:`TrialStore`) and running one trial into a record.
 
-A trial's identity is its parameters as canonical JSON (:func:`~recbole_linear.workflow.hyper_space.trial_key`);
+A trial's identity is its parameters as canonical JSON (:func:`~recbole_linear.workflow.tune.space.trial_key`);
 a rerun into the same folder serves stored trials from the file instead of training them.
 """
 import csv
@@ -11,8 +11,8 @@ import time
 from datetime import datetime
 
 from recbole_linear.errors import RecBoleLinearError
-from recbole_linear.workflow.hyper_space import _RESERVED_COLUMNS, plain, trial_key
-from recbole_linear.workflow.run_table import relative_path, resolve_path
+from recbole_linear.workflow.tune.space import _RESERVED_COLUMNS, plain, trial_key
+from recbole_linear.workflow.common.run_table import relative_path, resolve_path
 
 
 class TrialFailedError(RecBoleLinearError):

@@ -101,7 +101,7 @@ def test_unknown_key_on_the_command_line_stops_before_anything_loads(subcommand,
 
 def test_a_key_allowed_on_purpose_reaches_the_config_without_a_warning(tiny_data_path, tmp_path, caplog, monkeypatch):
     """A custom model's key: --allow_unknown_keys names it; here and in the processes started later."""
-    from recbole_linear import quick_start
+    from recbole_linear import cli
 
     monkeypatch.setattr(known_keys, "_allowed", set())
     monkeypatch.setenv(known_keys.ALLOWED_ENV, "")  # restored after the test
@@ -111,7 +111,7 @@ def test_a_key_allowed_on_purpose_reaches_the_config_without_a_warning(tiny_data
     def run(model, dataset, config_file_list, cmd_args, **kwargs):
         configs.append(create_config(model, dataset, config_file_list, cmd_args=cmd_args))
 
-    monkeypatch.setattr(quick_start, "run", run)
+    monkeypatch.setattr(cli, "run", run)  # the run the command line calls
     assert main(["--model=SASRec", f"--dataset={TINY_DATASET}", f"--data_path={tiny_data_path}",
                  "--my_width=3", "--my_gate=True", "--allow_unknown_keys=my_width,my_gate"]) == 0
     assert configs[0]["my_width"] == 3 and configs[0]["my_gate"] is True

@@ -228,6 +228,7 @@ EPOCH_RUNS = [  # (dataset, L, storage, windows per batch)
     ("ml-1m-lru", 200, "lean", 8),
     ("ml-1m-lru", 200, "expanded", 8),
     ("syn-2m", 200, "lean", 8),
+    ("syn-ml20m", 200, "lean", 32),  # 32 windows: the same output-layer work in fewer steps
 ]
 # whole epochs that take hours on this CPU: measured as STEPS steps and a full validation
 STEP_RUNS = [("syn-ml20m", 200, "lean", 8)]

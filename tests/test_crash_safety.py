@@ -397,7 +397,7 @@ def test_compare_checkpoint_name_is_per_run_and_folder(tmp_path):
 
 # --- tune: one command per folder too --------------------------------------------------------
 def test_tune_refuses_a_folder_in_use_before_writing_anything(tiny_run_dict, tmp_path, monkeypatch):
-    from recbole_linear.workflow import tune as tuning
+    from recbole_linear.workflow.tune import command as tuning
 
     monkeypatch.chdir(tmp_path)
     space = tmp_path / "space.hyper"

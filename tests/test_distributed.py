@@ -346,7 +346,7 @@ def test_two_process_epoch_moves_the_parameters_as_one_process(ddp_steps, data_p
 def test_tune_trial_on_two_processes_reports_the_metrics_of_its_checkpoint(data_path, tmp_path, monkeypatch):
     import functools
 
-    from recbole_linear.workflow import tune as tuning
+    from recbole_linear.workflow.tune import command as tuning
     from recbole_linear.quick_start import ddp_objective_function, evaluate_checkpoint
 
     monkeypatch.chdir(tmp_path)

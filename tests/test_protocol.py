@@ -134,7 +134,8 @@ def test_cli_protocol_comes_first_in_config_files():
 
 @pytest.mark.parametrize("subcommand", ["tune", "compare"])
 def test_tune_and_compare_take_protocol_too(subcommand):
-    from recbole_linear.workflow import compare, tune
+    from recbole_linear.workflow.compare import command as compare
+    from recbole_linear.workflow.tune import command as tune
 
     parser = {"tune": tune.tune_parser, "compare": compare.build_parser}[subcommand]()
     models = {"tune": "--model=LRURec", "compare": "--models=LRURec"}[subcommand]  # the other is an unknown key

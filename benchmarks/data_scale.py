@@ -147,7 +147,7 @@ def run_steps(dataset, max_len, storage, batch, args, interactions):
     facts = json.loads(lines[-1])
     epoch = facts["step_seconds"] * facts["epoch_steps"]
     return dict(row, peak_rss_mb=round(peak), seconds=round(seconds, 1), windows=facts["windows"],
-                train_seconds=f"{epoch:.0f} (extrapolated: {facts['step_seconds']} s x {facts['epoch_steps']} steps)",
+                train_seconds=f"~{epoch:.0f} ({facts['step_seconds']} s x {facts['epoch_steps']} steps; extrapolated)",
                 valid_seconds=facts["valid_seconds"], status="ok")
 
 
@@ -360,8 +360,9 @@ def targets(prepare, epochs):
     elif bounded:
         row = bounded[0]
         lines.append(f"- ML-20M's shape: a whole all-position epoch was not run (hours on this CPU); its first "
-                     f"{row['kind']} and a full-ranking validation of all users ran in RAM at {gib(row):.2f} GiB peak; "
-                     f"the epoch's training time, extrapolated: {row['train_seconds']}. NOT met as asked (no whole epoch).")
+                     f"{row['kind']} and a full-ranking validation of all {int(SHAPES['syn-ml20m'][0]):,} users "
+                     f"({row['valid_seconds']} s) ran in RAM at {gib(row):.2f} GiB peak; the whole epoch's training "
+                     f"would take {row['train_seconds']} s here. NOT met as asked (no whole epoch).")
     else:
         lines.append("- ML-20M's shape, one all-position epoch: not measured.")
     flat = {}

@@ -86,23 +86,31 @@ def check_encoding(path, encoding, chunk_bytes=1 << 24):
             return
     except LookupError:
         raise DatasetError(f"dataset file {path}: unknown encoding {encoding!r} (the 'encoding' key)") from None
-    lines_before, rest = 0, b""
+    lines_before = 0
+    for piece in _pieces_of_whole_lines(path, chunk_bytes):
+        try:
+            piece.decode(encoding)
+        except UnicodeDecodeError as e:
+            line = lines_before + piece.count(b"\n", 0, e.start) + 1
+            raise DatasetError(
+                f"dataset file {path}, line {line}: byte {piece[e.start]:#04x} is not {encoding} text "
+                f"(the 'encoding' key); save the file as {encoding}, or pass the encoding it was saved in, "
+                f"e.g. --encoding=latin-1"
+            ) from None
+        lines_before += piece.count(b"\n")
+
+
+def _pieces_of_whole_lines(path, chunk_bytes):
+    """The file's bytes in pieces of about ``chunk_bytes``, each cut after a ``\n`` (the last piece
+    holds what follows the last one, possibly nothing): a file of any size, a line never split."""
+    rest = b""
     with open(path, "rb") as f:
         while True:
             chunk = f.read(chunk_bytes)
             data = rest + chunk
             cut = len(data) if not chunk else data.rfind(b"\n") + 1
             piece, rest = data[:cut], data[cut:]
-            try:
-                piece.decode(encoding)
-            except UnicodeDecodeError as e:
-                line = lines_before + piece.count(b"\n", 0, e.start) + 1
-                raise DatasetError(
-                    f"dataset file {path}, line {line}: byte {piece[e.start]:#04x} is not {encoding} text "
-                    f"(the 'encoding' key); save the file as {encoding}, or pass the encoding it was saved in, "
-                    f"e.g. --encoding=latin-1"
-                ) from None
-            lines_before += piece.count(b"\n")
+            yield piece
             if not chunk:
                 return
 
@@ -114,40 +122,34 @@ def _line_shapes(path, separator, encoding, n_fields, chunk_bytes=1 << 24):
     sep = separator.encode(encoding)
     if len(sep) != 1 or "\n".encode(encoding) != b"\n":
         return []  # a multi-byte separator or encoding: not checked
-    blank, lines_before, rest = [], 0, b""
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(chunk_bytes)
-            data = rest + chunk
-            cut = len(data) if not chunk else data.rfind(b"\n") + 1
-            piece, rest = data[:cut], data[cut:]
-            if piece:
-                raw = np.frombuffer(piece, dtype=np.uint8)
-                ends = np.flatnonzero(raw == 10)
-                if not len(ends) or ends[-1] != len(raw) - 1:
-                    ends = np.append(ends, len(raw))  # the last line, without its \n
-                starts = np.concatenate(([0], ends[:-1] + 1))
-                content_ends = ends - (raw[np.maximum(ends - 1, 0)] == 13) * (ends > starts)  # without a \r
-                separators = np.flatnonzero(raw == sep[0])
-                fields = np.searchsorted(separators, content_ends) - np.searchsorted(separators, starts) + 1
-                empty = content_ends == starts
-                numbers = lines_before + 1 + np.arange(len(starts))
-                data_lines = numbers > 1  # the header is line 1
-                wrong = np.flatnonzero(data_lines & ~empty & (fields != n_fields))
-                if len(wrong):
-                    i = wrong[0]
-                    text = piece[starts[i]:content_ends[i]].decode(encoding, errors="replace")
-                    shown = text if len(text) <= 80 else text[:77] + "..."
-                    raise DatasetError(
-                        f"dataset file {path}, line {numbers[i]}: {fields[i]} fields where the header has "
-                        f"{n_fields} ({shown!r}); "
-                        + ("a field is missing" if fields[i] < n_fields else "one field too many")
-                        + f" (fields are separated by field_separator {separator!r})"
-                    )
-                blank += numbers[data_lines & empty].tolist()
-                lines_before += len(starts)
-            if not chunk:
-                return blank
+    blank, lines_before = [], 0
+    for piece in _pieces_of_whole_lines(path, chunk_bytes):
+        if piece:
+            raw = np.frombuffer(piece, dtype=np.uint8)
+            ends = np.flatnonzero(raw == 10)
+            if not len(ends) or ends[-1] != len(raw) - 1:
+                ends = np.append(ends, len(raw))  # the last line, without its \n
+            starts = np.concatenate(([0], ends[:-1] + 1))
+            content_ends = ends - (raw[np.maximum(ends - 1, 0)] == 13) * (ends > starts)  # without a \r
+            separators = np.flatnonzero(raw == sep[0])
+            fields = np.searchsorted(separators, content_ends) - np.searchsorted(separators, starts) + 1
+            empty = content_ends == starts
+            numbers = lines_before + 1 + np.arange(len(starts))
+            data_lines = numbers > 1  # the header is line 1
+            wrong = np.flatnonzero(data_lines & ~empty & (fields != n_fields))
+            if len(wrong):
+                i = wrong[0]
+                text = piece[starts[i]:content_ends[i]].decode(encoding, errors="replace")
+                shown = text if len(text) <= 80 else text[:77] + "..."
+                raise DatasetError(
+                    f"dataset file {path}, line {numbers[i]}: {fields[i]} fields where the header has "
+                    f"{n_fields} ({shown!r}); "
+                    + ("a field is missing" if fields[i] < n_fields else "one field too many")
+                    + f" (fields are separated by field_separator {separator!r})"
+                )
+            blank += numbers[data_lines & empty].tolist()
+            lines_before += len(starts)
+    return blank
 
 
 def set_default_load_col(config):

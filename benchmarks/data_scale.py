@@ -61,6 +61,15 @@ def predicted_expanded_gb(interactions, max_len):
 
 
 # --- the child processes ------------------------------------------------------------------------
+def child_settings(args, **extra):
+    """The settings every measured process shares (LRURec, all positions, the three columns), plus ``extra``."""
+    return {
+        "data_path": args.data_path, "MAX_ITEM_LIST_LENGTH": args.max_len, "train_all_positions": True,
+        "sequence_storage": args.storage, "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "show_progress": False, **extra,
+    }
+
+
 def prepare_child(args):
     """Runs in the measured process: data preparation as ``run`` does it; prints one JSON line."""
     import torch
@@ -71,14 +80,7 @@ def prepare_child(args):
     from recbole_linear.data_checks import split_dataset
 
     torch.set_num_threads(1)
-    config = create_config(
-        "LRURec", args.dataset,
-        config_dict={
-            "data_path": args.data_path, "MAX_ITEM_LIST_LENGTH": args.max_len, "train_all_positions": True,
-            "sequence_storage": args.storage, "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-            "show_progress": False,
-        },
-    )
+    config = create_config("LRURec", args.dataset, config_dict=child_settings(args))
     start = time.perf_counter()
     dataset = create_dataset(config)
     train_data, _, _ = split_dataset(config, dataset)
@@ -102,12 +104,10 @@ def steps_child(args):
     torch.set_num_threads(1)
     config = create_config(
         "LRURec", args.dataset,
-        config_dict={
-            "data_path": args.data_path, "MAX_ITEM_LIST_LENGTH": args.max_len, "train_all_positions": True,
-            "sequence_storage": args.storage, "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-            "hidden_size": 16, "train_batch_size": args.batch, "eval_batch_size": 512, "show_progress": False,
-            "checkpoint_dir": os.path.join(args.synthetic_dir, "saved"),
-        },
+        config_dict=child_settings(
+            args, hidden_size=16, train_batch_size=args.batch, eval_batch_size=512,
+            checkpoint_dir=os.path.join(args.synthetic_dir, "saved"),
+        ),
     )
     init_seed(config["seed"], config["reproducibility"])
     start = time.perf_counter()

@@ -17,7 +17,8 @@ sequence in one forward pass, so the same targets can be trained from one pass p
   trained by the window before), so every target sees at least ``c`` earlier items;
 - the loss is the mean over every real position of every window in the batch of the model's own
   loss (CE over all items, or BPR with one negative per position, sampled uniformly among the
-  items other than the target), computed only at real positions, never at padding.
+  items other than the target, or the sampled softmax / gBCE of :mod:`recbole_linear.sampled_loss`
+  over negatives shared by the batch), computed only at real positions, never at padding.
 
 Differences, written down because they change what is trained:
 
@@ -289,9 +290,12 @@ class AllPositionTrainDataLoader(AbstractDataLoader):
             clash = negatives == targets
         return negatives.masked_fill(targets == 0, 0)
 
-    def loss_function(self, model):
-        """The per-batch loss the trainer calls instead of ``model.calculate_loss``."""
-        return lambda interaction: all_position_loss(model, interaction, self._target_field, self._negative_field)
+    def loss_function(self, model, sampled_loss=None):
+        """The per-batch loss the trainer calls instead of ``model.calculate_loss`` (``sampled_loss``:
+        the run's SSM/gBCE loss, :class:`recbole_linear.sampled_loss.SampledLoss`, if it has one)."""
+        return lambda interaction: all_position_loss(
+            model, interaction, self._target_field, self._negative_field, sampled_loss
+        )
 
 
 def sequence_output(model, item_seq, item_seq_len):
@@ -326,9 +330,9 @@ def item_scores(model, hidden, items):
     return (hidden * model.item_embedding(items)).sum(dim=-1)
 
 
-def all_position_loss(model, interaction, targets_field, negatives_field=None):
-    """The model's loss (CE or BPR) averaged over every position of the batch's windows that has a
-    target (not padding, not context only)."""
+def all_position_loss(model, interaction, targets_field, negatives_field=None, sampled_loss=None):
+    """The model's loss (CE or BPR, or the run's ``sampled_loss``) averaged over every position of
+    the batch's windows that has a target (not padding, not context only)."""
     item_seq = interaction[model.ITEM_SEQ]
     item_seq_len = interaction[model.ITEM_SEQ_LEN]
     output = sequence_output(model, item_seq, item_seq_len)
@@ -338,6 +342,8 @@ def all_position_loss(model, interaction, targets_field, negatives_field=None):
     trained = real & (targets != 0)
     hidden = output[trained]  # [N H]: no logit is computed at padding or context positions
     targets = targets[trained]
+    if sampled_loss is not None:
+        return sampled_loss(model, hidden, targets)
     if model.loss_type == "BPR":
         negatives = interaction[negatives_field][:, :width][trained]
         return model.loss_fct(item_scores(model, hidden, targets), item_scores(model, hidden, negatives))

@@ -27,8 +27,9 @@ from recbole_linear.data_checks import set_default_load_col
 from recbole_linear.known_keys import warn_unknown_keys
 from recbole_linear.model_names import PLUGIN_MODELS, canonical_model_name
 from recbole_linear.property_files import load_model_properties, read_yaml  # noqa: F401  (read_yaml: public here too)
-from recbole_linear.recbole_compat import adopt_plugin_defaults, input_type_for
+from recbole_linear.recbole_compat import _NO_SAMPLING, adopt_plugin_defaults, input_type_for
 from recbole_linear.registry import get_model
+from recbole_linear import sampled_loss
 
 
 def fill_model_defaults(config, model_name):
@@ -111,6 +112,7 @@ _CHECKS = {
     "resume_file": (lambda v: isinstance(v, str) and v != "", "a file path"),
     "ddp_backend": (lambda v: v in ("auto", "gloo", "nccl"), "auto, gloo or nccl"),
     "sequence_storage": (lambda v: v in ("lean", "expanded"), "lean or expanded"),
+    "eval_item_chunk_size": (_positive_int, "a positive integer"),
 }
 
 
@@ -215,13 +217,26 @@ class PluginConfig(Config):
             # RecBole always reads its bundled copy (configurator); a user's data_path means the
             # same for every dataset: the folder holding <dataset>/<dataset>.inter
             self.final_config_dict["data_path"] = os.path.join(self.external_config_dict["data_path"], self.dataset)
-        if self.model_class.__name__ in PLUGIN_MODELS:
+        if sampled_loss.is_sampled(self.final_config_dict.get("loss_type")):
+            # RecBole's rule knows CE and BPR only; the sampled losses train on the target rows (pointwise)
+            self.final_config_dict["MODEL_INPUT_TYPE"] = input_type_for(self.final_config_dict["loss_type"])
+        elif self.model_class.__name__ in PLUGIN_MODELS:
             # plugin classes declare the input type of their default loss for RecBole's own
             # Config (recbole_compat); here the config's loss_type decides, as RecBole does for SASRec
             self.final_config_dict["MODEL_INPUT_TYPE"] = input_type_for(self.final_config_dict.get("loss_type"))
             sampling = self.final_config_dict.get("train_neg_sample_args")
             if self.final_config_dict["loss_type"] == "CE" and sampling is not None:
                 raise ConfigError(f"train_neg_sample_args [{sampling}] should be None when the loss_type is CE")
+
+    def _set_train_neg_sample_args(self):
+        super()._set_train_neg_sample_args()
+        final = self.final_config_dict
+        if sampled_loss.is_sampled(final.get("loss_type")):
+            # the loss draws its negatives per batch (recbole_linear.sampled_loss); RecBole's
+            # dataloaders, which would repeat every row once per negative, sample none
+            user_negatives = final["train_neg_sample_args"] if "train_neg_sample_args" in self.external_config_dict else None
+            final[sampled_loss.RESOLVED_NEGATIVES_KEY] = sampled_loss.check_config(self, user_negatives)
+            final["train_neg_sample_args"] = dict(_NO_SAMPLING)
 
     def _init_device(self):
         # RecBole's DDP branch is NCCL/CUDA only; a DDP rank (local_rank set) gets gloo on CPUs

@@ -24,6 +24,7 @@ from recbole_linear.data_checks import check_atomic_files, split_dataset
 from recbole_linear.errors import ConfigError, DatasetNotFoundError, RecBoleLinearError
 from recbole_linear.recbole_compat import console_log_to_stdout, recbole_warnings_filtered
 from recbole_linear.registry import get_model
+from recbole_linear.sampled_loss import recbole_model_loss
 from recbole_linear.trainer import get_trainer, load_checkpoint, unique_checkpoint_file
 
 
@@ -54,6 +55,13 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def build_model(config, dataset):
+    """The config's model on ``dataset``'s items, on the config's device (a RecBole model is built
+    as for CE when the run's loss is sampled: the trainer computes that loss, see sampled_loss)."""
+    with recbole_model_loss(config):
+        return get_model(config["model"])(config, dataset).to(config["device"])
+
+
 @recbole_warnings_filtered()  # RecBole's dataset FutureWarnings (pandas)
 def prepare(config, log_flops=False):
     """Dataset, dataloaders, model and trainer for a config, as RecBole's ``run_recbole`` builds them."""
@@ -72,7 +80,7 @@ def prepare(config, log_flops=False):
 
     # the global rank, so that the processes of different machines draw different dropout masks
     init_seed(config["seed"] + config["local_rank"] + (config["offset"] or 0), config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model = build_model(config, train_data._dataset)
     logger.info(model)
     if log_flops:
         try:
@@ -266,7 +274,7 @@ def load_data_and_model(model_file, cmd_args=None):
     logger.info(dataset)
     train_data, valid_data, test_data = split_dataset(config, dataset)
     init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model = build_model(config, train_data._dataset)
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data

@@ -34,14 +34,15 @@ from recbole_linear.errors import ConfigError
 from recbole_linear.property_files import read_yaml
 
 _RECBOLE_DIR = os.path.dirname(os.path.abspath(__import__("recbole").__file__))
-_INPUT_TYPES = {"CE": InputType.POINTWISE, "BPR": InputType.PAIRWISE}
+# the sampled losses (recbole_linear.sampled_loss) train on the target rows and draw negatives per batch
+_INPUT_TYPES = {"CE": InputType.POINTWISE, "BPR": InputType.PAIRWISE, "SSM": InputType.POINTWISE, "gBCE": InputType.POINTWISE}
 _NO_SAMPLING = {"distribution": "none", "sample_num": "none", "alpha": "none", "dynamic": False, "candidate_num": 0}
 
 
 def input_type_for(loss_type):
     """RecBole's rule (configurator ``_set_default_parameters``): CE trains pointwise, BPR pairwise."""
     if loss_type not in _INPUT_TYPES:
-        raise ConfigError(f"invalid value for 'loss_type': {loss_type!r} (expected 'CE' or 'BPR')")
+        raise ConfigError(f"invalid value for 'loss_type': {loss_type!r} (expected 'CE', 'BPR', 'SSM' or 'gBCE')")
     return _INPUT_TYPES[loss_type]
 
 

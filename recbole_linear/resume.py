@@ -61,8 +61,15 @@ def config_signature(config):
 
 
 # --- random states --------------------------------------------------------------------------
-def capture_rng_state(train_data=None):
-    """Every random state a training epoch draws from."""
+def negative_generator(trainer, train_data):
+    """The generator of a sampled loss's negatives (SSM, gBCE), or None."""
+    sampled_loss_for = getattr(trainer, "sampled_loss_for", None)
+    loss = sampled_loss_for(train_data) if sampled_loss_for is not None and train_data is not None else None
+    return None if loss is None else loss.generator
+
+
+def capture_rng_state(train_data=None, negatives=None):
+    """Every random state a training epoch draws from (``negatives``: a sampled loss's generator)."""
     state = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
@@ -73,10 +80,11 @@ def capture_rng_state(train_data=None):
     generator = getattr(train_data, "generator", None)
     if isinstance(generator, torch.Generator):
         state["train_generator"] = generator.get_state()
+    state["negatives"] = None if negatives is None else negatives.get_state()
     return state
 
 
-def restore_rng_state(state, train_data=None):
+def restore_rng_state(state, train_data=None, negatives=None):
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -85,6 +93,8 @@ def restore_rng_state(state, train_data=None):
     generator = getattr(train_data, "generator", None)
     if state["train_generator"] is not None and isinstance(generator, torch.Generator):
         generator.set_state(state["train_generator"])
+    if negatives is not None and state.get("negatives") is not None:
+        negatives.set_state(state["negatives"])
 
 
 # --- optimizers -----------------------------------------------------------------------------
@@ -142,7 +152,7 @@ def save(trainer, epoch_idx, train_data, path, validates=True):
         "current_optimizer": _current_optimizer_name(trainer),
         "epoch_train_seconds": list(getattr(trainer, "epoch_train_seconds", [])),
         "train_loss_dict": dict(trainer.train_loss_dict),
-        "rng": capture_rng_state(train_data),
+        "rng": capture_rng_state(train_data, negative_generator(trainer, train_data)),
     }
     folder = os.path.dirname(path)
     if folder:
@@ -184,7 +194,7 @@ def restore(trainer, state, train_data):
     trainer.train_loss_dict = dict(state["train_loss_dict"])
     if hasattr(trainer, "epoch_train_seconds"):
         trainer.epoch_train_seconds = list(state["epoch_train_seconds"])
-    restore_rng_state(state["rng"], train_data)
+    restore_rng_state(state["rng"], train_data, negative_generator(trainer, train_data))
 
 
 def discard(path):

@@ -31,8 +31,9 @@ from recbole.trainer import Trainer
 from recbole.utils import ModelType, get_local_time
 from recbole.utils import get_trainer as recbole_get_trainer
 
-from recbole_linear import resume
+from recbole_linear import resume, sampled_loss
 from recbole_linear.all_positions import AllPositionTrainDataLoader
+from recbole_linear.chunked_eval import chunked_full_sort
 from recbole_linear.distributed_trainer import trainer_bases
 from recbole_linear.errors import ConfigError
 from recbole_linear.recbole_compat import RecBoleEntryTrainerMixin, recbole_warnings_filtered
@@ -78,6 +79,24 @@ class PluginTrainerMixin:
         else:  # RecBole names it by the second: two runs started together would share one file
             self.saved_model_file = unique_checkpoint_file(self.checkpoint_dir, config["model"])
         self.epoch_train_seconds = []
+        self._sampled_loss = None
+        self._chunked_eval_logged = False
+
+    def sampled_loss_for(self, train_data):
+        """The run's SSM/gBCE loss (built once, from the training targets' counts), or None."""
+        if not sampled_loss.is_sampled(self.config["loss_type"]):
+            return None
+        if self._sampled_loss is None:
+            if self.config[sampled_loss.RESOLVED_NEGATIVES_KEY] is None:
+                raise ConfigError(
+                    f"loss_type {self.config['loss_type']} needs recbole-linear's config (create_config or "
+                    "run_recbole_linear), which takes its negatives out of RecBole's dataloaders"
+                )
+            counts = sampled_loss.training_item_counts(train_data._dataset)
+            sampled_loss.check_catalogue(self.config, len(counts))
+            self._sampled_loss = sampled_loss.SampledLoss(self.config, counts)
+            self.logger.info(sampled_loss.expected_cost_note(self._sampled_loss))
+        return self._sampled_loss
 
     def _build_optimizer(self, **kwargs):
         if "params" not in kwargs and hasattr(self.model, "optimizer_param_groups"):
@@ -92,8 +111,12 @@ class PluginTrainerMixin:
         return optimizer
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        if loss_func is None and isinstance(train_data, AllPositionTrainDataLoader):
-            loss_func = train_data.loss_function(self.model)
+        if loss_func is None:
+            loss = self.sampled_loss_for(train_data)
+            if isinstance(train_data, AllPositionTrainDataLoader):
+                loss_func = train_data.loss_function(self.model, loss)
+            elif loss is not None:
+                loss_func = sampled_loss.last_position_loss(self.model, loss)
         start = time()
         with recbole_warnings_filtered():  # RecBole's GradScaler FutureWarning
             loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
@@ -115,6 +138,11 @@ class PluginTrainerMixin:
             torch.distributed.barrier()
 
     def _full_sort_batch_eval(self, batched_data):
+        chunk_size = self.config["eval_item_chunk_size"]
+        if chunk_size and self.tot_item_num > chunk_size:
+            chunked = chunked_full_sort(self, batched_data, chunk_size)
+            if chunked is not None:
+                return chunked
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
         if self.mask_history:
             mask_input_window(scores, interaction[self.model.ITEM_SEQ])

@@ -36,6 +36,9 @@ STEP_CASES = [
     ("LRURec", True, {}),
     ("LinRec", True, {"linrec_causal": True}),
     ("SASRec", True, {}),
+    # sampled losses: the ranks draw the batch's negatives from generators seeded alike, in step
+    ("LRURec", True, {"loss_type": "SSM", "train_neg_sample_args": {"distribution": "popularity", "sample_num": 8}}),
+    ("SASRec", False, {"loss_type": "gBCE", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 8}}),
 ]
 
 
@@ -303,7 +306,7 @@ def _step_worker(rank, data_path, out_dir, port):
     results = {}
     for model_name, all_positions, extra in STEP_CASES:
         config_dict = dict(step_config_dict(data_path, os.path.join(out_dir, "saved"), all_positions, extra), **launch)
-        results[(model_name, all_positions)] = train_one_epoch(model_name, config_dict)
+        results[case_key(model_name, all_positions, extra)] = train_one_epoch(model_name, config_dict)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
@@ -316,14 +319,18 @@ def ddp_steps(data_path, tmp_path_factory):
     return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD_SIZE)]
 
 
+def case_key(model_name, all_positions, extra):
+    return model_name, all_positions, extra.get("loss_type", "CE")
+
+
 @pytest.mark.parametrize("model_name, all_positions, extra", STEP_CASES, ids=[
-    f"{m}-{'all_positions' if a else 'recbole'}" for m, a, _ in STEP_CASES
+    f"{m}-{'all_positions' if a else 'recbole'}-{e.get('loss_type', 'CE')}" for m, a, e in STEP_CASES
 ])
 def test_two_process_epoch_moves_the_parameters_as_one_process(ddp_steps, data_path, tmp_path, model_name, all_positions, extra):
     torch.set_num_threads(1)
     config_dict = step_config_dict(data_path, str(tmp_path / "saved"), all_positions, extra)
     initial, trained, valid_result, n_samples = train_one_epoch(model_name, config_dict)
-    ddp_initial, ddp_trained, ddp_valid, ddp_samples = ddp_steps[0][(model_name, all_positions)]
+    ddp_initial, ddp_trained, ddp_valid, ddp_samples = ddp_steps[0][case_key(model_name, all_positions, extra)]
     batch = config_dict["train_batch_size"]
     # several steps, the last one short, and a number of samples (prefixes or windows) that the
     # world size does not divide: one rank's last batch ends with the sampler's repeat
@@ -337,7 +344,7 @@ def test_two_process_epoch_moves_the_parameters_as_one_process(ddp_steps, data_p
     for key in initial:
         torch.testing.assert_close(ddp_trained[key], trained[key], rtol=1e-4, atol=1e-6, msg=lambda m: f"{key}: {m}")
         # every rank holds the same weights
-        torch.testing.assert_close(ddp_steps[1][(model_name, all_positions)][1][key], ddp_trained[key], rtol=0, atol=0)
+        torch.testing.assert_close(ddp_steps[1][case_key(model_name, all_positions, extra)][1][key], ddp_trained[key], rtol=0, atol=0)
     # the valid metrics the 2 processes computed together are those of one process
     assert ddp_valid == valid_result
 

@@ -82,7 +82,10 @@ class GLINTRU(SequentialRecommender):
     - bad configurations raise :class:`~recbole_linear.errors.ConfigError` at construction:
       hidden_size not divisible by n_heads, embedding_size ≠ hidden_size, hidden_size < 2
       (the gate's d/2 bottleneck would be empty), an even or non-positive conv_kernel_size,
-      a loss_type other than BPR/CE (the official code raises NotImplementedError for the last).
+      a loss_type other than BPR/CE/SSM/gBCE (the official code knows BPR and CE, and raises
+      NotImplementedError for anything else);
+    - ``loss_type: SSM`` / ``gBCE`` (additions): sampled softmax and gBCE over negatives drawn per
+      batch, computed by the plugin's trainer (:mod:`recbole_linear.sampled_loss`).
 
     Odd hidden sizes: the bottleneck width is ``hidden_size // 2`` (rounded down), as in the
     official code; with the default even sizes it is exactly d/2.
@@ -158,8 +161,10 @@ class GLINTRU(SequentialRecommender):
 
         if self.loss_type == "BPR":
             self.loss_fct = BPRLoss()
-        else:  # "CE", checked above
+        elif self.loss_type == "CE":
             self.loss_fct = nn.CrossEntropyLoss()
+        else:  # SSM or gBCE (checked above): the plugin's trainer draws the negatives and computes it
+            self.loss_fct = None
 
         # parameters initialization
         self.apply(self._init_weights)
@@ -182,8 +187,8 @@ class GLINTRU(SequentialRecommender):
         kernel = config["conv_kernel_size"]
         if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1 or kernel % 2 == 0:
             raise ConfigError(f"GLINTRU needs a positive odd conv_kernel_size for 'same' padding (got {kernel!r})")
-        if config["loss_type"] not in ("BPR", "CE"):
-            raise ConfigError(f"GLINTRU needs loss_type 'BPR' or 'CE' (got {config['loss_type']!r})")
+        if config["loss_type"] not in ("BPR", "CE", "SSM", "gBCE"):
+            raise ConfigError(f"GLINTRU needs loss_type 'BPR', 'CE', 'SSM' or 'gBCE' (got {config['loss_type']!r})")
 
     def _same_conv(self):
         """Conv1d over the sequence axis, symmetric padding: output length = input length."""
@@ -244,6 +249,8 @@ class GLINTRU(SequentialRecommender):
         )
 
     def calculate_loss(self, interaction):
+        if self.loss_fct is None:
+            raise ConfigError(f"loss_type {self.loss_type} is computed by recbole-linear's trainer (recbole_linear.sampled_loss)")
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         seq_output = self.forward(item_seq, item_seq_len)

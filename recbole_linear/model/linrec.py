@@ -111,6 +111,8 @@ class LinRec(SequentialRecommender):
       ``linrec_causal: True`` the model is causal and can also train every position of a window at
       once (``train_all_positions: True``, see :mod:`recbole_linear.all_positions`); the official
       code trains RecBole's prefixes.
+    - ``loss_type: SSM`` / ``gBCE`` (additions): sampled softmax and gBCE over negatives drawn per
+      batch, computed by the plugin's trainer (:mod:`recbole_linear.sampled_loss`), in both regimes.
     - ``attn_dropout_prob`` is read but unused, exactly as in the official code, which defines an
       attention dropout and never applies it.
     - Evaluation is not part of the model: it follows the RecBole config. The official runs rank
@@ -168,8 +170,8 @@ class LinRec(SequentialRecommender):
             self.loss_fct = BPRLoss()
         elif self.loss_type == "CE":
             self.loss_fct = nn.CrossEntropyLoss()
-        else:
-            raise NotImplementedError("Make sure 'loss_type' in ['BPR', 'CE']!")
+        else:  # SSM or gBCE (checked above): the plugin's trainer draws the negatives and computes it
+            self.loss_fct = None
 
         # parameters initialization
         self.apply(self._init_weights)
@@ -185,8 +187,8 @@ class LinRec(SequentialRecommender):
             raise ConfigError(
                 f"LinRec needs hidden_act in {', '.join(ACT2FN_NAMES)} (got {config['hidden_act']!r})"
             )
-        if config["loss_type"] not in ("BPR", "CE"):
-            raise ConfigError(f"LinRec needs loss_type 'BPR' or 'CE' (got {config['loss_type']!r})")
+        if config["loss_type"] not in ("BPR", "CE", "SSM", "gBCE"):
+            raise ConfigError(f"LinRec needs loss_type 'BPR', 'CE', 'SSM' or 'gBCE' (got {config['loss_type']!r})")
         chunk_size = config["linrec_chunk_size"]
         if not (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size > 0):
             raise ConfigError(f"LinRec needs a positive integer linrec_chunk_size (got {config['linrec_chunk_size']!r})")
@@ -223,6 +225,8 @@ class LinRec(SequentialRecommender):
         return trm_output[-1]
 
     def calculate_loss(self, interaction):
+        if self.loss_fct is None:
+            raise ConfigError(f"loss_type {self.loss_type} is computed by recbole-linear's trainer (recbole_linear.sampled_loss)")
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         seq_output = self.forward(item_seq, item_seq_len)

@@ -63,7 +63,9 @@ class LRURec(SequentialRecommender):
            AdamW eps 1e-9 from ``optimizer_eps``; both need the plugin's Trainer (RecBole's own
            decays every parameter and uses eps 1e-8). The XLong sampled-softmax branch (100
            training / 10,000 evaluation negatives) is not ported; ``loss_type='BPR'`` (RecBole's
-           sampled BPR, with ``b_o``) is an addition.
+           sampled BPR, with ``b_o``) is an addition, and so are ``loss_type: SSM`` / ``gBCE``
+           (sampled softmax with log-Q correction, gSASRec's gBCE; negatives drawn per batch by
+           the plugin's trainer, :mod:`recbole_linear.sampled_loss`).
         7. Same function, different floating-point order: gamma is folded into B and b_B
            (``(gamma B) x + gamma b_B``); the scan runs in place with a hand-written backward;
            the last block's output projection and FFN (position-wise) run only at the read
@@ -113,8 +115,8 @@ class LRURec(SequentialRecommender):
             self.loss_fct = BPRLoss()
         elif self.loss_type == "CE":
             self.loss_fct = nn.CrossEntropyLoss()
-        else:
-            raise NotImplementedError("Make sure 'loss_type' in ['BPR', 'CE']!")
+        else:  # SSM or gBCE (checked above): the plugin's trainer draws the negatives and computes it
+            self.loss_fct = None
 
         # parameters initialization
         self._truncated_normal_init()
@@ -127,8 +129,8 @@ class LRURec(SequentialRecommender):
         numbers = all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in (r_min, r_max))
         if not (numbers and 0 <= r_min <= r_max < 1):  # |lambda| = 1 would make log(-log|lambda|) infinite
             raise ConfigError(f"LRURec needs 0 <= r_min <= r_max < 1 for the ring init (got r_min={r_min!r}, r_max={r_max!r})")
-        if config["loss_type"] not in ("BPR", "CE"):
-            raise ConfigError(f"LRURec needs loss_type 'BPR' or 'CE' (got {config['loss_type']!r})")
+        if config["loss_type"] not in ("BPR", "CE", "SSM", "gBCE"):
+            raise ConfigError(f"LRURec needs loss_type 'BPR', 'CE', 'SSM' or 'gBCE' (got {config['loss_type']!r})")
 
     def _truncated_normal_init(self):
         """Official init: truncated normal for all but LayerNorms and LRU log-params.
@@ -184,6 +186,8 @@ class LRURec(SequentialRecommender):
         return torch.addmm(self.output_bias, seq_output, self.item_embedding.weight.t())
 
     def calculate_loss(self, interaction):
+        if self.loss_fct is None:
+            raise ConfigError(f"loss_type {self.loss_type} is computed by recbole-linear's trainer (recbole_linear.sampled_loss)")
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         seq_output = self.forward(item_seq, item_seq_len)

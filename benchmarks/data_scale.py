@@ -203,15 +203,17 @@ def run_prepare(dataset, max_len, storage, args, interactions):
                 samples=facts["samples"], windows=facts["windows"], status="ok")
 
 
-def run_epoch(dataset, max_len, storage, batch, args, interactions):
-    row = {"kind": "epoch", "dataset": dataset, "max_len": max_len, "storage": storage,
+def run_epoch(dataset, max_len, storage, batch, args, interactions, loss=None):
+    """One epoch through the command line; ``loss``: (kind suffix, extra ``--key=value`` arguments)."""
+    kind = "epoch" if loss is None else f"epoch, {loss[0]}"
+    row = {"kind": kind, "dataset": dataset, "max_len": max_len, "storage": storage,
            "train_batch_size": batch, "interactions": interactions}
     command = [
         sys.executable, "run_recbole_linear.py", "--model=LRURec", f"--dataset={dataset}",
         f"--data_path={dataset_folder(dataset, args)}", f"--load_col={LOAD_COL}", "--train_all_positions=True",
         f"--MAX_ITEM_LIST_LENGTH={max_len}", "--hidden_size=16", "--epochs=1", f"--train_batch_size={batch}",
         "--eval_batch_size=512", f"--sequence_storage={storage}", "--show_progress=False",
-        f"--checkpoint_dir={os.path.join(args.synthetic_dir, 'saved')}",
+        f"--checkpoint_dir={os.path.join(args.synthetic_dir, 'saved')}", *(loss[1] if loss else ()),
     ]
     peak, seconds, result = measured(command)
     output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
@@ -224,11 +226,15 @@ def run_epoch(dataset, max_len, storage, batch, args, interactions):
 
 PREPARE_DATASETS = ["ml-1m-lru", "syn-2m", "syn-5m", "syn-ml20m"]
 INTERACTIONS = {"ml-1m-lru": 999_611, **{name: shape[2] for name, shape in SHAPES.items()}}
-EPOCH_RUNS = [  # (dataset, L, storage, windows per batch)
-    ("ml-1m-lru", 200, "lean", 8),
-    ("ml-1m-lru", 200, "expanded", 8),
-    ("syn-2m", 200, "lean", 8),
-    ("syn-ml20m", 200, "lean", 32),  # 32 windows: the same output-layer work in fewer steps
+# the sampled softmax of recbole_linear.sampled_loss: 512 popularity negatives per batch instead of every item
+SSM_512 = ("SSM k=512", ["--loss_type=SSM", "--train_neg_sample_args={'distribution': 'popularity', 'sample_num': 512}"])
+EPOCH_RUNS = [  # (dataset, L, storage, windows per batch, loss: None = full CE)
+    ("ml-1m-lru", 200, "lean", 8, None),
+    ("ml-1m-lru", 200, "expanded", 8, None),
+    ("syn-2m", 200, "lean", 8, None),
+    ("syn-ml20m", 200, "lean", 32, None),  # 32 windows: the same output-layer work in fewer steps
+    # full CE scores 26,744 items at 20 M positions (~5.5 h here): the whole epoch is run with SSM
+    ("syn-ml20m", 200, "lean", 128, SSM_512),
 ]
 # whole epochs that take hours on this CPU: measured as STEPS steps and a full validation
 STEP_RUNS = [("syn-ml20m", 200, "lean", 8)]
@@ -244,9 +250,10 @@ def run_grid(args):
                     if key not in done:
                         append_row(run_prepare(dataset, max_len, storage, args, INTERACTIONS[dataset]))
     if args.only in (None, "epoch"):
-        for dataset, max_len, storage, batch in EPOCH_RUNS:
-            if dataset in args.datasets and ("epoch", dataset, str(max_len), storage, str(batch)) not in done:
-                append_row(run_epoch(dataset, max_len, storage, batch, args, INTERACTIONS[dataset]))
+        for dataset, max_len, storage, batch, loss in EPOCH_RUNS:
+            kind = "epoch" if loss is None else f"epoch, {loss[0]}"
+            if dataset in args.datasets and (kind, dataset, str(max_len), storage, str(batch)) not in done:
+                append_row(run_epoch(dataset, max_len, storage, batch, args, INTERACTIONS[dataset], loss))
     if args.only in (None, "steps"):
         for dataset, max_len, storage, batch in STEP_RUNS:
             if dataset in args.datasets and (f"{args.steps} steps", dataset, str(max_len), storage, str(batch)) not in done:
@@ -353,17 +360,24 @@ def targets(prepare, epochs):
         lines.append(f"- ML-20M's shape, L = 200, preparation: {gib(row):.2f} GiB (target ≤ 4 GB): "
                      f"{'met' if gib(row) <= 4 else 'NOT met'}.")
     row = find(epochs, kind="epoch", dataset="syn-ml20m", storage="lean")
+    sampled = find(epochs, kind=f"epoch, {SSM_512[0]}", dataset="syn-ml20m", storage="lean")
     bounded = [r for r in epochs if r["dataset"] == "syn-ml20m" and r["kind"].endswith("steps") and r["status"] == "ok"]
     if row:
         lines.append(f"- ML-20M's shape, one all-position epoch and full-ranking validation and test: ran in RAM, "
                      f"{gib(row):.2f} GiB, {float(row['seconds']) / 60:.0f} min wall clock.")
-    elif bounded:
+    if sampled:
+        lines.append(f"- ML-20M's shape, one whole all-position epoch (loss {SSM_512[0]}, 128 windows per batch) and "
+                     f"full-ranking validation and test of every user: ran in RAM (no swap on this machine), "
+                     f"{gib(sampled):.2f} GiB peak, training {float(sampled['train_seconds']) / 60:.0f} min, "
+                     f"validation {float(sampled['valid_seconds']) / 60:.1f} min, {float(sampled['seconds']) / 60:.0f} min "
+                     f"wall clock in all: met. With full CE it was measured as a bounded run (next line).")
+    if bounded:
         row = bounded[0]
-        lines.append(f"- ML-20M's shape: a whole all-position epoch was not run (hours on this CPU); its first "
+        lines.append(f"- ML-20M's shape with full CE: a whole all-position epoch was not run (hours on this CPU); its first "
                      f"{row['kind']} and a full-ranking validation of all {int(SHAPES['syn-ml20m'][0]):,} users "
                      f"({row['valid_seconds']} s) ran in RAM at {gib(row):.2f} GiB peak; the whole epoch's training "
-                     f"would take {row['train_seconds']} s here. NOT met as asked (no whole epoch).")
-    else:
+                     f"would take {row['train_seconds']} s here" + ("." if sampled else ". NOT met as asked (no whole epoch)."))
+    if not (row or sampled or bounded):
         lines.append("- ML-20M's shape, one all-position epoch: not measured.")
     flat = {}
     for row in prepare:

@@ -10,7 +10,10 @@
 - **popularity** that follows Zipf's law: the item of popularity rank ``k`` is drawn with
   probability proportional to ``1 / k ** zipf_exponent`` (default 1.0), the ranks shuffled over
   the item ids;
-- **time** as the position in the user's sequence (0, 1, 2, ...), as in the LRURec paper's splits.
+- **time** as the position in the user's sequence (0, 1, 2, ...), as in the LRURec paper's splits;
+- with ``every_item=True`` (the large-catalogue shapes), each item id appears at least once: a
+  random ``n_items`` of the interactions are replaced by a permutation of all ids, so RecBole's
+  catalogue has exactly ``n_items`` items (a Zipf draw alone leaves most of a million ids unseen).
 
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same arguments write the same file.
 
@@ -27,7 +30,9 @@ SHAPES = {
     "syn-2m": (14_000, 27_000, 2_000_000),  # the 2 M-interaction case of the data-scale issue
     "syn-5m": (35_000, 27_000, 5_000_000),
     "syn-ml20m": (138_493, 26_744, 20_000_263),  # MovieLens-20M's users, items and interactions
+    "syn-2m-1m-items": (14_000, 1_000_000, 2_000_000),  # a million-item catalogue (every item seen once at least)
 }
+EVERY_ITEM = {"syn-2m-1m-items"}  # shapes written with every_item=True
 
 
 def user_lengths(rng, n_users, n_interactions, min_length=5, length_sigma=1.2):
@@ -50,7 +55,8 @@ def zipf_items(rng, n_items, size, zipf_exponent=1.0):
 
 
 def write_synthetic_dataset(
-    folder, name, n_users, n_items, n_interactions, seed=0, min_length=5, length_sigma=1.2, zipf_exponent=1.0
+    folder, name, n_users, n_items, n_interactions, seed=0, min_length=5, length_sigma=1.2, zipf_exponent=1.0,
+    every_item=None,
 ):
     """Write ``folder/name/name.inter``; returns its path. Skips the work if the file exists."""
     path = os.path.join(folder, name, f"{name}.inter")
@@ -61,6 +67,10 @@ def write_synthetic_dataset(
     users = np.repeat(np.arange(1, n_users + 1), lengths)
     positions = np.arange(n_interactions) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     items = zipf_items(rng, n_items, n_interactions, zipf_exponent)
+    if every_item if every_item is not None else name in EVERY_ITEM:
+        if n_interactions < n_items:
+            raise ValueError(f"{n_interactions} interactions cannot show each of {n_items} items")
+        items[rng.choice(n_interactions, size=n_items, replace=False)] = rng.permutation(n_items) + 1
     os.makedirs(os.path.dirname(path), exist_ok=True)
     partial = path + ".partial"
     with open(partial, "w") as f:

@@ -131,7 +131,7 @@ def test_even_or_non_positive_kernel_is_a_config_error(kernel):
 
 
 def test_unknown_loss_type_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"loss_type 'BPR' or 'CE'"):
+    with pytest.raises(ConfigError, match=r"loss_type 'BPR', 'CE', 'SSM' or 'gBCE'"):
         small_model(loss_type="BCE")
 
 

@@ -10,7 +10,10 @@ process) is its own:
   log-Q corrected) and gBCE (uniform negatives, t = 0.75) at k = 128, 512 and 2,048. The sampled
   losses train 32 windows per step (6,400 targets); full CE trains 32 too unless its three
   ``[targets, items]`` float matrices (logits, softmax, gradient) would pass 4 GB, then as many as
-  fit (down to 1). Time per trained target = median step time (after one warm-up step) / targets.
+  fit (down to 1). Time per trained target = median step time / targets, from one process per
+  catalogue that runs a step of each loss in turn (3 rounds after a warm-up one: ``interleaved``
+  rows), so that load from other processes hits every loss alike; peak RSS from one process per
+  configuration (``step`` rows).
 - **epoch**: ``run_recbole_linear.py`` on a synthetic dataset of 2 M interactions, 14,000 users and
   1,000,000 items (every item seen at least once): LRURec, all positions, SSM with 512 popularity
   negatives, one epoch, full-ranking validation and test (evaluated in item chunks).
@@ -49,40 +52,72 @@ def ce_windows(n_items):
 
 
 # --- the measured process -----------------------------------------------------------------
-def step_child(args):
-    """Runs in the measured process: ``args.steps`` all-position steps; prints one JSON line."""
+def build_step(n_items, loss, k, windows, rng):
+    """(model, optimizer, batch, sampled loss or None) of one all-position LRURec step."""
     import numpy as np
     import torch
 
     from common import build_model
-    from recbole_linear.all_positions import all_position_loss
     from recbole_linear.sampled_loss import RESOLVED_NEGATIVES_KEY, SampledLoss
 
-    torch.set_num_threads(1)
     torch.manual_seed(0)
-    n_items = args.items + 1  # the padding item 0 and the catalogue
-    model = build_model("LRURec", MAX_LEN, n_items, {"hidden_size": HIDDEN, "n_layers": 2, "loss_type": args.loss})
+    model = build_model("LRURec", MAX_LEN, n_items + 1, {"hidden_size": HIDDEN, "n_layers": 2, "loss_type": loss})
     optimizer = torch.optim.AdamW(model.optimizer_param_groups(0.01), lr=1e-3, eps=1e-9)
-    rng = np.random.default_rng(0)
     sampled = None
-    if args.loss != "CE":
-        counts = np.bincount(zipf_items(rng, args.items, 2_000_000), minlength=n_items)
-        distribution = "popularity" if args.loss == "SSM" else "uniform"
-        settings = {"loss_type": args.loss, RESOLVED_NEGATIVES_KEY: {"distribution": distribution, "sample_num": args.k, "alpha": 1.0},
+    if loss != "CE":
+        counts = np.bincount(zipf_items(rng, n_items, 2_000_000), minlength=n_items + 1)
+        distribution = "popularity" if loss == "SSM" else "uniform"
+        settings = {"loss_type": loss, RESOLVED_NEGATIVES_KEY: {"distribution": distribution, "sample_num": k, "alpha": 1.0},
                     "ssm_log_q": True, "ssm_in_batch_negatives": False, "gbce_t": 0.75, "seed": 0}
         sampled = SampledLoss(settings, counts)
-    sequences = torch.from_numpy(zipf_items(rng, args.items, args.windows * (MAX_LEN + 1)).reshape(args.windows, MAX_LEN + 1))
-    batch = {model.ITEM_SEQ: sequences[:, :-1], model.ITEM_SEQ_LEN: torch.full((args.windows,), MAX_LEN), "targets": sequences[:, 1:]}
+    sequences = torch.from_numpy(zipf_items(rng, n_items, windows * (MAX_LEN + 1)).reshape(windows, MAX_LEN + 1))
+    batch = {model.ITEM_SEQ: sequences[:, :-1], model.ITEM_SEQ_LEN: torch.full((windows,), MAX_LEN), "targets": sequences[:, 1:]}
     model.train()
-    seconds = []
+    return model, optimizer, batch, sampled
+
+
+def one_step(model, optimizer, batch, sampled):
+    from recbole_linear.all_positions import all_position_loss
+
+    start = time.perf_counter()
+    optimizer.zero_grad()
+    all_position_loss(model, batch, "targets", sampled_loss=sampled).backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def step_child(args):
+    """Runs in the measured process: one configuration's steps (its peak RSS); prints one JSON line."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    step = build_step(args.items, args.loss, args.k, args.windows, np.random.default_rng(0))
+    seconds = [one_step(*step) for _ in range(args.steps + 1)]
+    median = float(np.median(seconds[1:]))
+    print(json.dumps({"step_ms": round(1000 * median, 1), "us_per_target": round(1e6 * median / (args.windows * MAX_LEN), 3)}))
+
+
+def interleaved_child(args):
+    """Runs in one process: every loss of one catalogue, a step of each in turn, ``args.steps``
+    rounds after a warm-up one, so that load from other processes hits every loss alike; prints
+    one JSON line per loss."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    steps = {(loss, k): build_step(args.items, loss, k, ce_windows(args.items) if loss == "CE" else WINDOWS, rng)
+             for loss, k in LOSSES}
+    seconds = {key: [] for key in steps}
     for _ in range(args.steps + 1):
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        all_position_loss(model, batch, "targets", sampled_loss=sampled).backward()
-        optimizer.step()
-        seconds.append(time.perf_counter() - start)
-    step = float(np.median(seconds[1:]))
-    print(json.dumps({"step_ms": round(1000 * step, 1), "us_per_target": round(1e6 * step / (args.windows * MAX_LEN), 3)}))
+        for key, step in steps.items():
+            seconds[key].append(one_step(*step))
+    for (loss, k), times in seconds.items():
+        targets = steps[(loss, k)][2]["targets"].numel()
+        median = float(np.median(times[1:]))
+        print(json.dumps({"loss": loss, "k": k, "step_ms": round(1000 * median, 1),
+                          "us_per_target": round(1e6 * median / targets, 3)}))
 
 
 # --- the grid -------------------------------------------------------------------------------
@@ -116,6 +151,18 @@ def run_step(n_items, loss, k, steps):
     return dict(row, **json.loads(lines[-1]), peak_rss_mb=round(peak), wall_seconds=round(seconds, 1), status="ok")
 
 
+def run_interleaved(n_items, steps):
+    command = [sys.executable, os.path.abspath(__file__), "--child_interleaved", "--items", str(n_items), "--steps", str(steps)]
+    _, _, result = measured(command)
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        return [{"kind": "interleaved", "items": n_items, "status": f"failed (exit {result.returncode}): {result.stderr.strip()[-200:]}"}]
+    return [{"kind": "interleaved", "items": n_items, **line,
+             "windows": ce_windows(n_items) if line["loss"] == "CE" else WINDOWS,
+             "targets": (ce_windows(n_items) if line["loss"] == "CE" else WINDOWS) * MAX_LEN, "status": "ok"}
+            for line in lines]
+
+
 def run_epoch(args):
     users, items, interactions = SHAPES[EPOCH_DATASET]
     write_synthetic_dataset(args.synthetic_dir, EPOCH_DATASET, users, items, interactions, seed=0)
@@ -147,6 +194,11 @@ def run_grid(args):
             for loss, k in LOSSES:
                 if ("step", str(n_items), loss, str(k)) not in done:
                     append_row(run_step(n_items, loss, k, args.steps))
+    if args.only in (None, "interleaved"):
+        for n_items in args.catalogues:
+            if not any(key[:2] == ("interleaved", str(n_items)) for key in done):
+                for row in run_interleaved(n_items, args.steps):
+                    append_row(row)
     if args.only in (None, "epoch") and not any(key[0] == "epoch" for key in done):
         append_row(run_epoch(args))
 
@@ -155,32 +207,37 @@ def run_grid(args):
 def write_report(machine):
     rows = read_rows()
     steps = [row for row in rows if row["kind"] == "step" and row["status"] == "ok"]
-    ce = {row["items"]: row for row in steps if row["loss"] == "CE"}
+    timed = {(row["items"], row["loss"], row["k"]): row for row in rows if row["kind"] == "interleaved" and row["status"] == "ok"}
+    ce = {key[0]: row for key, row in timed.items() if key[1] == "CE"}
     lines = [
         "# Catalogues of any size: full cross-entropy beside sampled softmax (SSM) and gBCE",
         "",
         f"Machine: {machine}, 24 GB of memory; one torch thread (`OMP_NUM_THREADS=1`), while the two cores",
-        "were shared with other jobs (two training runs): compare within a catalogue, not across machines.",
-        "Peak RSS: the whole measuring process (`/usr/bin/time -f %M`). Regenerate:",
-        "`python benchmarks/large_catalogue.py` (rows already in `large_catalogue.csv` are kept), then",
-        "`python benchmarks/large_catalogue.py --report`.",
+        "were shared with other jobs (training runs): compare within a catalogue, not across machines.",
+        "Regenerate: `python benchmarks/large_catalogue.py` (rows already in `large_catalogue.csv` are kept),",
+        "then `python benchmarks/large_catalogue.py --report`.",
         "",
         f"## One all-position LRURec training step (hidden {HIDDEN}, 2 blocks, L = {MAX_LEN}, AdamW)",
         "",
         "Forward, the loss over every position of every window, backward and the optimizer step. SSM: popularity",
         "negatives with log-Q correction; gBCE: uniform negatives, t = 0.75; k negatives shared by the step's",
         "positions. Full CE trains fewer windows where its `[targets, items]` matrices would pass 4 GB.",
+        "**Times**: one process per catalogue runs a step of each loss in turn (median of 3 rounds after a",
+        "warm-up one), so that the other jobs' load hits every loss alike. **Peak RSS**: a separate process per",
+        "configuration (`/usr/bin/time -f %M`, the whole process: Python, torch and RecBole included).",
         "",
         "| items | loss | k | windows (targets) | step | per target | × full CE per target | peak RSS |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in steps:
+    memory = {(row["items"], row["loss"], row["k"]): row for row in steps}
+    for key, row in timed.items():
         base = ce.get(row["items"])
         ratio = f"{float(row['us_per_target']) / float(base['us_per_target']):.3f}×" if base else "–"
         k = row["k"] if row["loss"] != "CE" else "–"
+        peak = f"{float(memory[key]['peak_rss_mb']) / 1024:.2f} GiB" if key in memory else "–"
         lines.append(
             f"| {int(row['items']):,} | {row['loss']} | {k} | {row['windows']} ({int(row['targets']):,}) | {float(row['step_ms']):,.0f} ms | "
-            f"{float(row['us_per_target']):.1f} µs | {ratio} | {float(row['peak_rss_mb']) / 1024:.2f} GiB |"
+            f"{float(row['us_per_target']):,.1f} µs | {ratio} | {peak} |"
         )
     failed = [row for row in rows if row["status"] != "ok"]
     for row in failed:
@@ -202,11 +259,11 @@ def write_report(machine):
         peak = f"{float(row['peak_rss_mb']) / 1024:.2f} GiB" if row["peak_rss_mb"] else "–"
         lines.append(f"| {int(row['items']):,} | {peak} | {row['train_seconds'] or '–'} s | {row['valid_seconds'] or '–'} s | "
                      f"{row['wall_seconds']} s | {row['status']} |")
-    lines += ["", "## Targets", ""] + targets(steps, epoch)
+    lines += ["", "## Targets", ""] + targets(list(timed.values()), epoch)
     lines += ["", "![time per trained target against catalogue size](large_catalogue.png)", ""]
     with open(os.path.join(RESULTS, "large_catalogue.md"), "w") as f:
         f.write("\n".join(lines))
-    plot(steps)
+    plot(list(timed.values()), steps)
 
 
 def targets(steps, epoch):
@@ -229,23 +286,25 @@ def targets(steps, epoch):
     return lines
 
 
-def plot(steps):
+def plot(timed, steps):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    series = {}
-    for row in steps:
-        label = "full CE" if row["loss"] == "CE" else f"{row['loss']} k={row['k']}"
-        series.setdefault(label, []).append((int(row["items"]), float(row["us_per_target"]), float(row["peak_rss_mb"]) / 1024))
-    for label, points in series.items():
-        points.sort()
-        style = "-o" if label == "full CE" else ("--s" if label.startswith("SSM") else ":^")
-        left.plot([p[0] for p in points], [p[1] for p in points], style, label=label)
-        right.plot([p[0] for p in points], [p[2] for p in points], style, label=label)
-    for ax, title, unit in ((left, "time per trained target", "µs"), (right, "peak RSS of the step's process", "GiB")):
+    for ax, rows, value, title, unit in (
+        (left, timed, lambda row: float(row["us_per_target"]), "time per trained target (interleaved)", "µs"),
+        (right, steps, lambda row: float(row["peak_rss_mb"]) / 1024, "peak RSS of a step's process", "GiB"),
+    ):
+        series = {}
+        for row in rows:
+            label = "full CE" if row["loss"] == "CE" else f"{row['loss']} k={row['k']}"
+            series.setdefault(label, []).append((int(row["items"]), value(row)))
+        for label, points in sorted(series.items()):
+            points.sort()
+            style = "-o" if label == "full CE" else ("--s" if label.startswith("SSM") else ":^")
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("items in the catalogue")
@@ -265,13 +324,16 @@ def main():
     parser.add_argument("--k", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--windows", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (after one warm-up)")
-    parser.add_argument("--only", choices=["steps", "epoch"])
+    parser.add_argument("--child_interleaved", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["steps", "interleaved", "epoch"])
     parser.add_argument("--catalogues", default=",".join(map(str, CATALOGUES)), type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--synthetic_dir", default=os.path.join(HERE, "synthetic"))
     parser.add_argument("--report", action="store_true", help="only write the table and plot from the CSV")
     args = parser.parse_args()
     if args.child:
         return step_child(args)
+    if args.child_interleaved:
+        return interleaved_child(args)
     if not args.report:
         run_grid(args)
     import torch

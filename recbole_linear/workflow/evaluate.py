@@ -30,7 +30,7 @@ from recbole_linear.cli import PROG, parse_known
 from recbole_linear.workflow.compare.command import read_runs, write_csv
 from recbole_linear.config import parse_cmd_args
 from recbole_linear.errors import ConfigError, RecBoleLinearError
-from recbole_linear.quick_start import evaluate_checkpoint
+from recbole_linear.quick_start import EVALUATION_OVERRIDES, evaluate_checkpoint
 from recbole_linear.workflow.compare.per_user import PerUserNDCG
 from recbole_linear.workflow.common.run_table import RUNS_NAME, load_runs, relative_path, resolve_path
 from recbole_linear.workflow.common.folder_lock import FolderLock
@@ -45,7 +45,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog=f"{PROG} evaluate",
         description="Evaluate saved models again (validation and test) with their runs' configs; any "
-        "--key=value changes an evaluation setting: eval_mask_history, eval_batch_size, data_path.",
+        "--key=value changes an evaluation setting: " + ", ".join(EVALUATION_OVERRIDES) + ".",
         allow_abbrev=False,
     )
     parser.add_argument("--checkpoint", action="append", default=[], help="a saved model (.pth); repeatable")

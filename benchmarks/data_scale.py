@@ -165,22 +165,24 @@ def measured(command, env=None):
 
 
 # --- the grid -----------------------------------------------------------------------------------
-def read_rows():
-    if not os.path.isfile(CSV_FILE):
+def read_rows(csv_file=CSV_FILE):
+    """The rows measured so far (a list of dicts; none if the file does not exist)."""
+    if not os.path.isfile(csv_file):
         return []
-    with open(CSV_FILE) as f:
+    with open(csv_file) as f:
         return list(csv.DictReader(f))
 
 
-def append_row(row):
-    new = not os.path.isfile(CSV_FILE)
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(CSV_FILE, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+def append_row(row, csv_file=CSV_FILE, columns=COLUMNS):
+    """Append one measured row (the header first if the file is new) and print it."""
+    new = not os.path.isfile(csv_file)
+    os.makedirs(os.path.dirname(csv_file), exist_ok=True)
+    with open(csv_file, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
         if new:
             writer.writeheader()
-        writer.writerow({key: row.get(key, "") for key in COLUMNS})
-    print(", ".join(f"{k}={row.get(k, '')}" for k in COLUMNS if row.get(k, "") != ""), flush=True)
+        writer.writerow({key: row.get(key, "") for key in columns})
+    print(", ".join(f"{k}={row.get(k, '')}" for k in columns if row.get(k, "") != ""), flush=True)
 
 
 def key_of(row):

@@ -22,7 +22,6 @@ process) is its own:
     python benchmarks/large_catalogue.py --report   # the table and plot from the CSV only
 """
 import argparse
-import csv
 import json
 import os
 import re
@@ -32,6 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import data_scale  # noqa: E402
 from data_scale import measured  # noqa: E402
 from synthetic_data import SHAPES, write_synthetic_dataset, zipf_items  # noqa: E402
 
@@ -122,21 +122,11 @@ def interleaved_child(args):
 
 # --- the grid -------------------------------------------------------------------------------
 def read_rows():
-    if not os.path.isfile(CSV_FILE):
-        return []
-    with open(CSV_FILE) as f:
-        return list(csv.DictReader(f))
+    return data_scale.read_rows(CSV_FILE)
 
 
 def append_row(row):
-    new = not os.path.isfile(CSV_FILE)
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(CSV_FILE, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({key: row.get(key, "") for key in COLUMNS})
-    print(", ".join(f"{k}={row[k]}" for k in COLUMNS if row.get(k, "") != ""), flush=True)
+    data_scale.append_row(row, CSV_FILE, COLUMNS)
 
 
 def run_step(n_items, loss, k, steps):

@@ -48,6 +48,9 @@ from recbole.utils import InputType
 
 from recbole_linear.data import LeanSequentialDataset
 from recbole_linear.errors import ConfigError
+from recbole_linear.fused_cross_entropy import fused_cross_entropy
+from recbole_linear.layers.mixed_precision import at_least_fp32
+from recbole_linear.sampled_loss import output_weights, scored_by_output_weights
 
 # RecBole model -> (submodule whose forward output holds every position, how to read that output)
 RECBOLE_SEQUENCE_MODULES = {
@@ -268,6 +271,7 @@ class AllPositionTrainDataLoader(AbstractDataLoader):
         self.sample_negatives = config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE
         self._target_field = target_field(config)
         self._negative_field = negative_field(config)
+        self._ce_block_rows = config["ce_block_rows"] or 0
         super().__init__(config, dataset, None, shuffle=shuffle)
 
     def _init_batch_size_and_step(self):
@@ -294,7 +298,7 @@ class AllPositionTrainDataLoader(AbstractDataLoader):
         """The per-batch loss the trainer calls instead of ``model.calculate_loss`` (``sampled_loss``:
         the run's SSM/gBCE loss, :class:`recbole_linear.sampled_loss.SampledLoss`, if it has one)."""
         return lambda interaction: all_position_loss(
-            model, interaction, self._target_field, self._negative_field, sampled_loss
+            model, interaction, self._target_field, self._negative_field, sampled_loss, self._ce_block_rows
         )
 
 
@@ -330,9 +334,11 @@ def item_scores(model, hidden, items):
     return (hidden * model.item_embedding(items)).sum(dim=-1)
 
 
-def all_position_loss(model, interaction, targets_field, negatives_field=None, sampled_loss=None):
+def all_position_loss(model, interaction, targets_field, negatives_field=None, sampled_loss=None, ce_block_rows=0):
     """The model's loss (CE or BPR, or the run's ``sampled_loss``) averaged over every position of
-    the batch's windows that has a target (not padding, not context only)."""
+    the batch's windows that has a target (not padding, not context only). CE with
+    ``ce_block_rows > 0`` is computed block by block of that many positions, without the full
+    logit matrix (:mod:`recbole_linear.fused_cross_entropy`), for models scored as ``h . E[i] + b[i]``."""
     item_seq = interaction[model.ITEM_SEQ]
     item_seq_len = interaction[model.ITEM_SEQ_LEN]
     output = sequence_output(model, item_seq, item_seq_len)
@@ -347,4 +353,9 @@ def all_position_loss(model, interaction, targets_field, negatives_field=None, s
     if model.loss_type == "BPR":
         negatives = interaction[negatives_field][:, :width][trained]
         return model.loss_fct(item_scores(model, hidden, targets), item_scores(model, hidden, negatives))
-    return model.loss_fct(full_scores(model, hidden), targets)
+    if ce_block_rows and scored_by_output_weights(model):
+        weight, bias = output_weights(model)
+        return fused_cross_entropy(hidden, weight, bias, targets, ce_block_rows)
+    # the logits may come from a bf16/fp16 product (precision); the softmax and its mean are fp32
+    logits = full_scores(model, hidden)
+    return model.loss_fct(at_least_fp32(logits), targets)

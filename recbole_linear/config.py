@@ -20,7 +20,7 @@ import os
 
 from recbole.config import Config
 
-from recbole_linear import paths
+from recbole_linear import paths, precision
 from recbole_linear.all_positions import check_supported
 from recbole_linear.errors import ConfigError, RecBoleLinearError
 from recbole_linear.data_checks import set_default_load_col
@@ -113,6 +113,8 @@ _CHECKS = {
     "ddp_backend": (lambda v: v in ("auto", "gloo", "nccl"), "auto, gloo or nccl"),
     "sequence_storage": (lambda v: v in ("lean", "expanded"), "lean or expanded"),
     "eval_item_chunk_size": (_positive_int, "a positive integer"),
+    "flush_denormal": (_bool, "True or False"),
+    "ce_block_rows": (_non_negative_int, "a non-negative integer; 0 = the whole logit matrix at once"),
 }
 
 
@@ -126,6 +128,7 @@ def validate(config):
         if "dropout" in key and isinstance(value, (numbers.Real, str)) and not _probability(value):
             raise ConfigError(f"invalid value for '{key}': {value!r} (expected a probability in [0, 1))")
     check_supported(config)
+    precision.check_config(config)
 
 
 def check_model_config(config):

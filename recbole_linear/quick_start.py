@@ -248,7 +248,9 @@ def read_recbole_checkpoint(model_file):
 
 
 # what may change when a saved model is loaded again: how it is evaluated, not what it learned from
-EVALUATION_OVERRIDES = ("eval_mask_history", "eval_batch_size", "data_path", "sequence_storage", "eval_item_chunk_size")
+EVALUATION_OVERRIDES = (
+    "eval_mask_history", "eval_batch_size", "data_path", "sequence_storage", "eval_item_chunk_size", "precision",
+)
 
 
 @recbole_warnings_filtered()  # RecBole's dataset FutureWarnings (pandas)

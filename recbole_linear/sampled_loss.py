@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_linear.errors import ConfigError
+from recbole_linear.layers.mixed_precision import at_least_fp32
 from recbole_linear.model_names import PLUGIN_MODELS
 
 SAMPLED_LOSSES = ("SSM", "gBCE")
@@ -111,6 +112,11 @@ def recbole_model_loss(config):
 
 
 # --- scoring ------------------------------------------------------------------------------
+def scored_by_output_weights(model):
+    """Whether the model scores item ``i`` as ``h . E[i] + b[i]`` (:func:`output_weights`)."""
+    return type(model).__name__ in (*PLUGIN_MODELS, *RECBOLE_SCORED_MODELS)
+
+
 def output_weights(model):
     """``(E [n_items, H], b [n_items] or None)``: the model scores item ``i`` as ``h . E[i] + b[i]``."""
     return model.item_embedding.weight, getattr(model, "output_bias", None)
@@ -191,7 +197,7 @@ class SampledLoss:
             weights[0] = 0.0
         self.probabilities = weights / weights.sum()  # float64 [n_items]: q(i), 0 for the padding item
         # log(k q(j)): a sampled negative's correction (-inf where q is 0: never drawn)
-        self.log_correction = (self.probabilities * self.sample_num).log()  # float64; cast to the scores' dtype
+        self.log_correction = (self.probabilities * self.sample_num).log()  # float64; cast to the loss's dtype
         self.beta = gbce_beta(self.sample_num, n_real_items, config["gbce_t"]) if self.loss_type == "gBCE" else None
         self.generator = torch.Generator()
         self.generator.manual_seed(int(config["seed"]))
@@ -205,9 +211,10 @@ class SampledLoss:
     def __call__(self, model, hidden, targets):
         """The loss of the rows ``hidden`` ``[N, H]`` with targets ``[N]`` (every row a trained position)."""
         device = hidden.device
+        score_dtype = at_least_fp32(hidden[:0]).dtype  # bf16/fp16 hidden: fp32 loss
         negatives = self.draw().to(device)
         hits = negatives.unsqueeze(0) == targets.unsqueeze(1)
-        correction = self.log_correction.to(device=device, dtype=hidden.dtype)[negatives] if self.log_q_correction else None
+        correction = self.log_correction.to(device=device, dtype=score_dtype)[negatives] if self.log_q_correction else None
         if self.in_batch:
             # the batch's targets count once each, exactly; the samples estimate the other items
             batch_items = torch.unique(targets)
@@ -215,9 +222,10 @@ class SampledLoss:
             hits = torch.cat([sampled_hits, batch_items.unsqueeze(0) == targets.unsqueeze(1)], dim=1)
             negatives = torch.cat([negatives, batch_items])
             if correction is not None:
-                correction = torch.cat([correction, torch.zeros(len(batch_items), device=device, dtype=hidden.dtype)])
-        positive = target_scores(model, hidden, targets)
-        negative = candidate_scores(model, hidden, negatives)
+                correction = torch.cat([correction, torch.zeros(len(batch_items), device=device, dtype=score_dtype)])
+        # the scores may come from bf16/fp16 products (precision); the softmax and sums are fp32
+        positive = target_scores(model, hidden, targets).to(score_dtype)
+        negative = candidate_scores(model, hidden, negatives).to(score_dtype)
         if self.loss_type == "gBCE":
             return gbce(positive, negative, hits, self.beta)
         return sampled_softmax(positive, negative, hits, correction)

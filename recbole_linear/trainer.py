@@ -16,6 +16,9 @@ It also:
 - after :meth:`PluginTrainerMixin.enable_resume`, continues an interrupted ``fit`` from its resume
   file and rewrites that file after every epoch (:mod:`recbole_linear.resume`; not under DDP or
   in a pretraining stage);
+- with ``precision: bf16 | fp16``, runs each training loss and each evaluation batch under
+  autocast (:mod:`recbole_linear.precision`); fp16 scales the loss and clips the unscaled
+  gradients (RecBole clips before unscaling); ``flush_denormal`` sets the CPU's denormal mode;
 - with ``eval_mask_history: True``, ranks a sequential model's full-sort scores without the items of
   each user's input window, the official LRURec evaluation protocol (RecBole masks only id 0 for
   sequential models; for other models it already masks the user's whole history).
@@ -26,12 +29,13 @@ from time import time
 
 import recbole.trainer
 import torch
+from torch.nn.utils import clip_grad_norm_
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.trainer import Trainer
 from recbole.utils import ModelType, get_local_time
 from recbole.utils import get_trainer as recbole_get_trainer
 
-from recbole_linear import resume, sampled_loss
+from recbole_linear import precision, resume, sampled_loss
 from recbole_linear.all_positions import AllPositionTrainDataLoader
 from recbole_linear.chunked_eval import chunked_full_sort
 from recbole_linear.distributed_trainer import trainer_bases
@@ -81,6 +85,36 @@ class PluginTrainerMixin:
         self.epoch_train_seconds = []
         self._sampled_loss = None
         self._chunked_eval_logged = False
+        torch.set_flush_denormal(bool(config["flush_denormal"]))
+        self.precision_dtype = precision.resolve_dtype(config, self.logger)
+        if self.precision_dtype is torch.float16:
+            self._scale_fp16_gradients()
+
+    def _scale_fp16_gradients(self):
+        """fp16: RecBole's GradScaler on, and clipping moved to just before the optimizer step,
+        where ``scaler.step`` has unscaled the gradients (RecBole clips the scaled ones)."""
+        self.enable_scaler = True
+        clip_args, self.clip_grad_norm = self.clip_grad_norm, None
+        if clip_args:
+
+            def clip_before_step(optimizer, args, kwargs):
+                clip_grad_norm_(self.model.parameters(), **clip_args)  # returns the norm; a hook must return None
+
+            self.optimizer.register_step_pre_hook(clip_before_step)
+
+    def _autocast(self):
+        return precision.autocast(self.device.type, self.precision_dtype)
+
+    def _in_precision(self, loss_func):
+        """``loss_func`` run under the run's autocast (itself when fp32)."""
+        if self.precision_dtype is torch.float32:
+            return loss_func
+
+        def loss_in_precision(interaction):
+            with self._autocast():
+                return loss_func(interaction)
+
+        return loss_in_precision
 
     def sampled_loss_for(self, train_data):
         """The run's SSM/gBCE loss (built once, from the training targets' counts), or None."""
@@ -117,6 +151,7 @@ class PluginTrainerMixin:
                 loss_func = train_data.loss_function(self.model, loss)
             elif loss is not None:
                 loss_func = sampled_loss.last_position_loss(self.model, loss)
+        loss_func = self._in_precision(loss_func or self.model.calculate_loss)
         start = time()
         with recbole_warnings_filtered():  # RecBole's GradScaler FutureWarning
             loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
@@ -138,6 +173,13 @@ class PluginTrainerMixin:
             torch.distributed.barrier()
 
     def _full_sort_batch_eval(self, batched_data):
+        if self.precision_dtype is torch.float32:
+            return self._full_sort_scores(batched_data)
+        with self._autocast():
+            interaction, scores, positive_u, positive_i = self._full_sort_scores(batched_data)
+        return interaction, scores.float(), positive_u, positive_i  # ranked and collected in fp32
+
+    def _full_sort_scores(self, batched_data):
         chunk_size = self.config["eval_item_chunk_size"]
         if chunk_size and self.tot_item_num > chunk_size:
             chunked = chunked_full_sort(self, batched_data, chunk_size)

@@ -39,6 +39,9 @@ STEP_CASES = [
     # sampled losses: the ranks draw the batch's negatives from generators seeded alike, in step
     ("LRURec", True, {"loss_type": "SSM", "train_neg_sample_args": {"distribution": "popularity", "sample_num": 8}}),
     ("SASRec", False, {"loss_type": "gBCE", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 8}}),
+    # bf16 autocast inside each rank's loss: the same epoch up to bf16 rounding (see the test)
+    ("LRURec", True, {"precision": "bf16"}),
+    ("SASRec", False, {"precision": "bf16"}),
 ]
 
 
@@ -320,11 +323,11 @@ def ddp_steps(data_path, tmp_path_factory):
 
 
 def case_key(model_name, all_positions, extra):
-    return model_name, all_positions, extra.get("loss_type", "CE")
+    return model_name, all_positions, extra.get("loss_type", "CE"), extra.get("precision", "fp32")
 
 
 @pytest.mark.parametrize("model_name, all_positions, extra", STEP_CASES, ids=[
-    f"{m}-{'all_positions' if a else 'recbole'}-{e.get('loss_type', 'CE')}" for m, a, e in STEP_CASES
+    f"{m}-{'all_positions' if a else 'recbole'}-{e.get('loss_type', 'CE')}-{e.get('precision', 'fp32')}" for m, a, e in STEP_CASES
 ])
 def test_two_process_epoch_moves_the_parameters_as_one_process(ddp_steps, data_path, tmp_path, model_name, all_positions, extra):
     torch.set_num_threads(1)
@@ -341,12 +344,16 @@ def test_two_process_epoch_moves_the_parameters_as_one_process(ddp_steps, data_p
         torch.testing.assert_close(ddp_initial[key], initial[key], rtol=0, atol=0)
     moved = max(float((trained[k] - initial[k]).abs().max()) for k in initial if initial[k].is_floating_point() or initial[k].is_complex())
     assert moved > 1e-3
+    # bf16: each rank rounds its half-batch's products, one process the whole batch's, so the
+    # SGD steps differ by bf16 rounding: within 3% of the largest move
+    exact = extra.get("precision", "fp32") == "fp32"
+    rtol, atol = (1e-4, 1e-6) if exact else (0.0, 0.03 * moved)
     for key in initial:
-        torch.testing.assert_close(ddp_trained[key], trained[key], rtol=1e-4, atol=1e-6, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(ddp_trained[key], trained[key], rtol=rtol, atol=atol, msg=lambda m: f"{key}: {m}")
         # every rank holds the same weights
         torch.testing.assert_close(ddp_steps[1][case_key(model_name, all_positions, extra)][1][key], ddp_trained[key], rtol=0, atol=0)
-    # the valid metrics the 2 processes computed together are those of one process
-    assert ddp_valid == valid_result
+    if exact:  # the valid metrics the 2 processes computed together are those of one process
+        assert ddp_valid == valid_result
 
 
 # --- tune: each trial on 2 processes ---------------------------------------------------------

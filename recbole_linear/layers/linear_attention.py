@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_linear.layers.mixed_precision import at_least_fp32, full_precision
+
 __all__ = [
     "elu_l2_feature_map",
     "linear_attention",
@@ -96,13 +98,17 @@ def linear_attention(query, key, value, padding_mask=None, causal=False, chunk_s
         torch.Tensor: [B, n_heads, L, d_h].
     """
     head_size = query.size(-1)
-    query_features = elu_l2_feature_map(query)
-    key_features = _mask_padded_keys(elu_l2_feature_map(key), padding_mask)
-    if causal:
-        context = _causal_chunked(query_features, key_features, value, chunk_size)
-    else:
-        context = torch.matmul(query_features, torch.matmul(key_features.transpose(-2, -1), value))
-    return context / math.sqrt(head_size)
+    # fp32 under bf16/fp16 autocast: the L2 norms and the running sums of k v^T over the
+    # sequence lose their small terms in half precision (the projections around stay in it)
+    with full_precision(query):
+        query, key, value = at_least_fp32(query), at_least_fp32(key), at_least_fp32(value)
+        query_features = elu_l2_feature_map(query)
+        key_features = _mask_padded_keys(elu_l2_feature_map(key), padding_mask)
+        if causal:
+            context = _causal_chunked(query_features, key_features, value, chunk_size)
+        else:
+            context = torch.matmul(query_features, torch.matmul(key_features.transpose(-2, -1), value))
+        return context / math.sqrt(head_size)
 
 
 def linear_attention_reference(query, key, value, padding_mask=None, causal=False):

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_linear.layers.mixed_precision import at_least_fp32
+
 
 # --------------------------------------------------------------------------------------
 # scans
@@ -214,7 +216,9 @@ class LRULayer(nn.Module):
         weight = torch.stack((self.in_proj_weight_real, self.in_proj_weight_imag), dim=1) * gamma.unsqueeze(2)
         bias = torch.stack((self.in_proj_bias_real, self.in_proj_bias_imag), dim=1) * gamma
         projected = F.linear(x, weight.flatten(0, 1), bias.flatten())
-        return torch.view_as_complex(projected.unflatten(-1, (self.state_size, 2)))
+        # the recurrence and the powers of lambda stay fp32 (complex64) under bf16/fp16 autocast:
+        # |lambda| is up to 0.99 and its powers decay over hundreds of steps below half precision's resolution
+        return torch.view_as_complex(at_least_fp32(projected).unflatten(-1, (self.state_size, 2)))
 
     def project_out(self, states, x):
         r"""``LayerNorm(Dropout(Re(C h + b_C)) + x)``; ``Re(C h) = C_r h_r - C_i h_i`` (one real matmul)."""

@@ -1,0 +1,18 @@
+"""Tensor-side helpers of mixed precision (the ``precision`` key, :mod:`recbole_linear.precision`):
+leaving autocast where half precision would lose what a computation needs, and raising a half
+precision tensor to fp32 for a reduction."""
+import contextlib
+
+import torch
+
+
+def full_precision(tensor):
+    """A context in which autocast is off on ``tensor``'s device (inside it, cast inputs with ``.float()``)."""
+    if not torch.is_autocast_enabled(tensor.device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
+def at_least_fp32(tensor):
+    """``tensor`` in fp32 if it is in a half precision; fp32 and fp64 tensors unchanged."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))

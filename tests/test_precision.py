@@ -1,0 +1,234 @@
+"""precision: bf16 autocast beside fp32 for every model, the parts kept fp32, finite training,
+checkpoints that stay fp32, the fp16 gradient-scaling hook, and one-line errors."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from recbole_linear import precision
+from recbole_linear.all_positions import AllPositionTrainDataLoader
+from recbole_linear.config import create_config
+from recbole_linear.errors import ConfigError
+from recbole_linear.layers.mixed_precision import at_least_fp32
+from recbole_linear.quick_start import prepare
+from tests.conftest import TINY_DATASET
+
+pytestmark = pytest.mark.skipif(not precision.cpu_supports_bf16(), reason="this CPU has no native bf16 products")
+
+# model, extra settings: every model in the regimes it trains in
+MODEL_CASES = [
+    ("LRURec", {"train_all_positions": True}),
+    ("LRURec", {}),
+    ("LinRec", {"linrec_causal": True, "train_all_positions": True}),
+    ("LinRec", {}),
+    ("GLINTRU", {}),
+    ("SASRec", {"train_all_positions": True}),
+    ("GRU4Rec", {"train_all_positions": True}),
+]
+CASE_IDS = [f"{m}-{'all' if e.get('train_all_positions') else 'prefix'}" for m, e in MODEL_CASES]
+
+# bf16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2%); through a few layers and the
+# item scoring the errors add up to ~1% of the largest score. Stated bound: 3%.
+SCORE_TOLERANCE = 0.03
+LOSS_TOLERANCE = 0.01  # relative, on the batch loss (a mean over many positions averages the rounding)
+
+
+def prepared(tiny_run_dict, tmp_path, monkeypatch, model_name, extra, **settings):
+    monkeypatch.chdir(tmp_path)
+    config = create_config(model_name, TINY_DATASET, config_dict=dict(tiny_run_dict, **extra, **settings))
+    _, (train_data, valid_data, test_data), model, trainer = prepare(config)
+    return config, train_data, valid_data, model, trainer
+
+
+def first_batch(data):
+    batch = next(iter(data))
+    return batch[0] if isinstance(batch, tuple) else batch
+
+
+def batch_loss(trainer, train_data, interaction):
+    if isinstance(train_data, AllPositionTrainDataLoader):
+        return train_data.loss_function(trainer.model)(interaction)
+    return trainer.model.calculate_loss(interaction)
+
+
+@pytest.mark.parametrize("model_name, extra", MODEL_CASES, ids=CASE_IDS)
+def test_bf16_scores_and_loss_are_within_tolerance_of_fp32(tiny_run_dict, tmp_path, monkeypatch, model_name, extra):
+    _, train_data, valid_data, model, trainer = prepared(tiny_run_dict, tmp_path, monkeypatch, model_name, extra)
+    model.eval()  # no dropout: the two precisions see the same function
+    interaction = first_batch(valid_data)
+    train_batch = first_batch(train_data)
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)
+        loss = batch_loss(trainer, train_data, train_batch)
+        with precision.autocast("cpu", torch.bfloat16):
+            scores_bf16 = model.full_sort_predict(interaction)
+            loss_bf16 = batch_loss(trainer, train_data, train_batch)
+    assert scores_bf16.dtype == torch.bfloat16  # the scoring product did run in bf16
+    assert loss_bf16.dtype == torch.float32  # the loss is reduced in fp32
+    error = (scores_bf16.float() - scores).abs().max() / scores.abs().max()
+    assert error <= SCORE_TOLERANCE, f"bf16 scores differ by {error:.4f} of the largest score"
+    assert not torch.equal(scores_bf16.float(), scores)  # bf16 changed something: the check is not vacuous
+    assert abs(loss_bf16.item() - loss.item()) <= LOSS_TOLERANCE * abs(loss.item())
+
+
+@pytest.mark.parametrize("model_name, extra", MODEL_CASES, ids=CASE_IDS)
+def test_layer_norms_and_recurrences_stay_fp32_under_bf16(tiny_run_dict, tmp_path, monkeypatch, model_name, extra):
+    """Every LayerNorm normalises an fp32 tensor (its statistics are fp32); the LRU scan runs on
+    complex64 and LinRec's feature map on fp32."""
+    from recbole_linear.layers import linear_attention, lru
+
+    _, train_data, _, model, trainer = prepared(tiny_run_dict, tmp_path, monkeypatch, model_name, extra)
+    seen = []
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.register_forward_hook(lambda m, args, out: seen.append(("LayerNorm", args[0].dtype, out.dtype)))
+    scan, feature_map = lru.lru_parallel_scan, linear_attention.elu_l2_feature_map
+    monkeypatch.setattr(lru, "lru_parallel_scan", lambda x, lam: seen.append(("scan", x.dtype, lam.dtype)) or scan(x, lam))
+    monkeypatch.setattr(
+        linear_attention, "elu_l2_feature_map", lambda x, *a: seen.append(("feature map", x.dtype, x.dtype)) or feature_map(x, *a)
+    )
+    with precision.autocast("cpu", torch.bfloat16):
+        batch_loss(trainer, train_data, first_batch(train_data)).backward()
+    if model_name != "GRU4Rec":  # RecBole's GRU4Rec has no LayerNorm
+        assert any(name == "LayerNorm" for name, _, _ in seen)
+    allowed = {"LayerNorm": (torch.float32,), "scan": (torch.complex64,), "feature map": (torch.float32,)}
+    for name, input_dtype, output_dtype in seen:
+        assert input_dtype in allowed[name] and output_dtype in allowed[name], (name, input_dtype, output_dtype)
+    if model_name == "LRURec":
+        assert any(name == "scan" for name, _, _ in seen)
+    if model_name in ("LinRec", "GLINTRU"):
+        assert any(name == "feature map" for name, _, _ in seen)
+
+
+@pytest.mark.parametrize("model_name, extra", MODEL_CASES, ids=CASE_IDS)
+def test_bf16_gradients_are_finite_and_land_on_fp32_weights(tiny_run_dict, tmp_path, monkeypatch, model_name, extra):
+    _, train_data, _, model, trainer = prepared(tiny_run_dict, tmp_path, monkeypatch, model_name, extra)
+    with precision.autocast("cpu", torch.bfloat16):
+        loss = batch_loss(trainer, train_data, first_batch(train_data))
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.dtype == torch.float32, name
+        if param.grad is not None:
+            assert param.grad.dtype == torch.float32, name
+            assert torch.isfinite(param.grad).all(), name
+
+
+@pytest.mark.parametrize("model_name, extra", MODEL_CASES, ids=CASE_IDS)
+def test_short_bf16_training_stays_finite_and_learns(tiny_run_dict, tmp_path, monkeypatch, model_name, extra):
+    """Three epochs with precision: bf16 through the trainer: every batch under autocast, every
+    epoch's loss finite, the loss falls, and the checkpoint holds fp32 weights."""
+    from recbole_linear import run_recbole_linear
+    from recbole_linear.trainer import PluginTrainerMixin
+
+    monkeypatch.chdir(tmp_path)
+    autocast_batches, epoch_losses = [], []
+    original = precision.autocast
+    monkeypatch.setattr(precision, "autocast", lambda *a: autocast_batches.append(a[1]) or original(*a))
+    train_epoch = PluginTrainerMixin._train_epoch
+    monkeypatch.setattr(PluginTrainerMixin, "_train_epoch", lambda self, *a, **k: epoch_losses.append(train_epoch(self, *a, **k)) or epoch_losses[-1])
+    result = run_recbole_linear(model_name, TINY_DATASET, config_dict=dict(tiny_run_dict, epochs=3, precision="bf16", **extra))
+    assert autocast_batches and set(autocast_batches) == {torch.bfloat16}
+    assert len(epoch_losses) == 3 and all(math.isfinite(v) for v in epoch_losses)
+    assert epoch_losses[-1] < epoch_losses[0]
+    assert math.isfinite(result["best_valid_score"])
+    state = torch.load(result["saved_model_file"], map_location="cpu", weights_only=False)["state_dict"]
+    assert all(v.dtype in (torch.float32, torch.int64, torch.bool) for v in state.values())
+
+
+def test_bf16_checkpoint_evaluates_in_fp32_and_bf16(tiny_run_dict, tmp_path, monkeypatch):
+    from recbole_linear import run_recbole_linear
+    from recbole_linear.quick_start import evaluate_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    result = run_recbole_linear(
+        "LRURec", TINY_DATASET, config_dict=dict(tiny_run_dict, epochs=2, precision="bf16", train_all_positions=True)
+    )
+    _, _, test_bf16 = evaluate_checkpoint(result["saved_model_file"])
+    assert test_bf16 == dict(result["test_result"])  # the run evaluated in bf16, as the checkpoint says
+    config, _, test_fp32 = evaluate_checkpoint(result["saved_model_file"], ["--precision=fp32"])
+    assert config["precision"] == "fp32"
+    assert test_fp32.keys() == test_bf16.keys()
+    for key in test_fp32:  # 40 users: one user's rank may move across a cut-off
+        assert abs(test_fp32[key] - test_bf16[key]) <= 0.05, key
+
+
+def test_training_runs_every_loss_under_autocast_and_fp32_runs_none(tiny_run_dict, tmp_path, monkeypatch):
+    seen = {}
+    for value in ("fp32", "bf16"):
+        _, train_data, _, model, trainer = prepared(
+            tiny_run_dict, tmp_path, monkeypatch, "LRURec", {"train_all_positions": True}, precision=value
+        )
+        dtypes = []
+        model.item_embedding.register_forward_hook(lambda *a: dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+        trainer._train_epoch(train_data, 0)
+        seen[value] = set(dtypes)
+    assert seen == {"fp32": {None}, "bf16": {torch.bfloat16}}
+
+
+def test_recbole_enable_amp_still_trains(tiny_run_dict, tmp_path, monkeypatch):
+    """RecBole's own switch: autocast in the device's default dtype (bf16 on CPU), also through the LRU."""
+    from recbole_linear import run_recbole_linear
+
+    monkeypatch.chdir(tmp_path)
+    result = run_recbole_linear("LRURec", TINY_DATASET, config_dict=dict(tiny_run_dict, enable_amp=True))
+    assert math.isfinite(result["best_valid_score"])
+
+
+# --- configuration -----------------------------------------------------------------------------
+@pytest.mark.parametrize("settings, message", [
+    ({"precision": "fp8"}, "expected one of fp32, bf16, fp16"),
+    ({"precision": "bf16", "enable_amp": True}, "use one"),
+    ({"precision": "fp16"}, "fp16 needs a CUDA device"),
+    ({"flush_denormal": "yes"}, "flush_denormal"),
+])
+def test_bad_precision_settings_are_one_line_errors_before_data_loads(settings, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        create_config("LRURec", "no-such-dataset", config_dict=settings)
+    assert "\n" not in str(error.value)
+
+
+def test_bf16_without_hardware_support_falls_back_to_fp32_with_a_warning(monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    config = {"precision": "bf16", "device": "cpu"}
+    logger = logging.getLogger("test_precision")
+    with caplog.at_level(logging.WARNING, logger="test_precision"):
+        assert precision.resolve_dtype(config, logger) is torch.float32
+    assert "no native bf16 products; running fp32" in caplog.text
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    assert precision.resolve_dtype(config, logger) is torch.bfloat16
+
+
+def test_at_least_fp32_raises_half_precision_only():
+    assert at_least_fp32(torch.ones(2, dtype=torch.bfloat16)).dtype == torch.float32
+    assert at_least_fp32(torch.ones(2, dtype=torch.float16)).dtype == torch.float32
+    assert at_least_fp32(torch.ones(2, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_fp16_clips_the_unscaled_gradients_just_before_the_step(tiny_run_dict, tmp_path, monkeypatch):
+    """RecBole clips before its GradScaler unscales; under fp16 the plugin's trainer clips in the
+    optimizer's pre-step hook instead, where ``scaler.step`` has already unscaled the gradients.
+    (fp16 itself needs a GPU; the hook is checked here on a CPU trainer.)"""
+    _, _, _, model, trainer = prepared(tiny_run_dict, tmp_path, monkeypatch, "LRURec", {}, clip_grad_norm={"max_norm": 1.0})
+    trainer._scale_fp16_gradients()
+    assert trainer.enable_scaler and trainer.clip_grad_norm is None
+    for param in model.parameters():
+        param.grad = torch.full_like(param, 100.0)
+    trainer.optimizer.step()  # the pre-step hook clips first
+    # the hook clipped to max_norm 1 before the step; AdamW's first step moves each weight by
+    # about lr, so what is left to check is the gradient the step saw
+    total = torch.norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert total.item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_flush_denormal_key_sets_the_cpu_mode(tiny_run_dict, tmp_path, monkeypatch):
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a subnormal float
+    try:
+        prepared(tiny_run_dict, tmp_path, monkeypatch, "LRURec", {}, flush_denormal=True)
+        assert (tiny * 1.0).item() == 0.0
+        prepared(tiny_run_dict, tmp_path, monkeypatch, "LRURec", {}, flush_denormal=False)
+        assert (tiny * 1.0).item() > 0.0
+    finally:
+        torch.set_flush_denormal(False)

@@ -12,7 +12,8 @@ sampled loss), on its own dataset, for ``--batches`` training batches of its all
 
     python benchmarks/denormals.py --data_path ../shared/datasets CHECKPOINT.pth [...]
 
-The rows go to ``benchmarks/results/denormals.csv`` and a table to ``denormals.md``.
+The rows go to ``benchmarks/results/denormals.csv`` and a table to ``denormals.md``
+(``--report``: the table from the CSV only).
 """
 import argparse
 import csv
@@ -26,11 +27,12 @@ sys.path.insert(0, HERE)
 import common  # noqa: E402,F401  (the repository on sys.path, anomaly mode off)
 import torch  # noqa: E402
 
-from recbole_linear.all_positions import all_position_loss, full_scores, sequence_output  # noqa: E402
+from recbole_linear.all_positions import AllPositionTrainDataLoader, all_position_loss, full_scores, sequence_output  # noqa: E402
 from recbole_linear.quick_start import load_data_and_model  # noqa: E402
 from recbole_linear.trainer import get_trainer  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
+CSV_FILE = os.path.join(RESULTS, "denormals.csv")
 COLUMNS = ["checkpoint", "model", "dataset", "loss_type", "batches", "targets", "max_logit_spread",
            "subnormal_probabilities", "subnormal_gradient", "step_ms_flush_off", "step_ms_flush_on",
            "max_grad_difference", "valid_flush_off", "valid_flush_on"]
@@ -71,6 +73,7 @@ def step_seconds_and_grads(model, interaction, target_field, flush):
 
 def measure(checkpoint, args):
     config, model, _, train_data, valid_data, _ = load_data_and_model(checkpoint, [f"--data_path={args.data_path}"])
+    train_data = AllPositionTrainDataLoader(config, train_data._dataset, shuffle=True)
     target_field = train_data._target_field
     model.train()
     torch.manual_seed(0)
@@ -111,27 +114,68 @@ def measure(checkpoint, args):
     }
 
 
+def write_report(command):
+    with open(CSV_FILE) as f:
+        rows = list(csv.DictReader(f))
+    lines = [
+        "# Subnormal floats in the full-CE gradient of trained models",
+        "",
+        "Each row: a finished run's best checkpoint on its own dataset; the full-CE softmax and its gradient",
+        "`(softmax - onehot) / N` over all items, for the trained positions of the first training batches of its",
+        "all-position loader (shuffled, seed 0); a subnormal is 0 < |x| < 2^-126 = 1.18e-38. One forward and",
+        "backward (block-wise CE, fp32, one torch thread) timed with `torch.set_flush_denormal` off and on, in turn",
+        "(the fastest of the rounds; other jobs shared the CPU), the largest difference between the two modes'",
+        "parameter gradients, and whether the validation metrics are equal in both modes.",
+        "",
+        "| run | loss trained with | targets | largest logit spread of a row | subnormal softmax share | "
+        "subnormal gradient share | step, flush off (ms) | step, flush on (ms) | largest gradient difference | "
+        "validation metrics equal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} on {r['dataset']} (`{r['checkpoint']}`) | {r['loss_type']} | {int(r['targets']):,} | "
+            f"{r['max_logit_spread']} | {r['subnormal_probabilities']} | {r['subnormal_gradient']} | "
+            f"{r['step_ms_flush_off']} | {r['step_ms_flush_on']} | {r['max_grad_difference']} | "
+            f"{r['valid_flush_off'] == r['valid_flush_on']} |"
+        )
+    lines += [
+        "",
+        "A softmax probability is subnormal only when its logit is more than ~87 below its row's largest",
+        "(exp(-87) = 1.6e-38), so the spread column says how close a model is to producing them.",
+        "",
+        "## Regenerate",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+    ]
+    with open(os.path.join(RESULTS, "denormals.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="+")
-    parser.add_argument("--data_path", required=True, help="the folder holding the checkpoints' datasets")
+    parser.add_argument("checkpoints", nargs="*")
+    parser.add_argument("--data_path", help="the folder holding the checkpoints' datasets")
     parser.add_argument("--batches", type=int, default=20, help="training batches whose gradients are inspected")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of a step in each mode, after a warm-up")
+    parser.add_argument("--report", action="store_true", help="only write denormals.md from the CSV")
+    parser.add_argument("--command", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    rows = [measure(path, args) for path in args.checkpoints]
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "denormals.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| checkpoint | loss | targets | max logit spread | subnormal softmax | subnormal gradient | step off ms | step on ms | max grad diff | valid metrics equal |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} on {r['dataset']} | {r['loss_type']} | {r['targets']:,} | {r['max_logit_spread']} | "
-                     f"{r['subnormal_probabilities']} | {r['subnormal_gradient']} | {r['step_ms_flush_off']} | "
-                     f"{r['step_ms_flush_on']} | {r['max_grad_difference']} | {r['valid_flush_off'] == r['valid_flush_on']} |")
-    print("\n".join(lines))
+    command = args.command or "python benchmarks/denormals.py --data_path ../shared/datasets --batches 10 CHECKPOINT.pth ..."
+    if not args.report:
+        if not args.checkpoints or not args.data_path:
+            parser.error("give checkpoints and --data_path (or --report)")
+        torch.set_num_threads(1)
+        rows = [measure(path, args) for path in args.checkpoints]
+        os.makedirs(RESULTS, exist_ok=True)
+        with open(CSV_FILE, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    write_report(command)
 
 
 if __name__ == "__main__":

@@ -179,6 +179,13 @@ class PluginTrainerMixin:
             interaction, scores, positive_u, positive_i = self._full_sort_scores(batched_data)
         return interaction, scores.float(), positive_u, positive_i  # ranked and collected in fp32
 
+    def _neg_sample_batch_eval(self, batched_data):
+        if self.precision_dtype is torch.float32:
+            return super()._neg_sample_batch_eval(batched_data)
+        with self._autocast():
+            interaction, scores, positive_u, positive_i = super()._neg_sample_batch_eval(batched_data)
+        return interaction, scores.float(), positive_u, positive_i
+
     def _full_sort_scores(self, batched_data):
         chunk_size = self.config["eval_item_chunk_size"]
         if chunk_size and self.tot_item_num > chunk_size:

@@ -232,3 +232,19 @@ def test_flush_denormal_key_sets_the_cpu_mode(tiny_run_dict, tmp_path, monkeypat
         assert (tiny * 1.0).item() > 0.0
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_sampled_evaluation_runs_under_bf16_too(tiny_run_dict, tmp_path, monkeypatch):
+    """RecBole's sampled ranking (mode uni10) scores through ``predict``: also under autocast."""
+    from recbole_linear import run_recbole_linear
+    from recbole_linear.model.lrurec import LRURec
+
+    monkeypatch.chdir(tmp_path)
+    predict_autocast = []
+    original = LRURec.predict
+    monkeypatch.setattr(LRURec, "predict", lambda self, i: predict_autocast.append(torch.is_autocast_enabled("cpu")) or original(self, i))
+    eval_args = {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "uni10"}
+    result = run_recbole_linear("LRURec", TINY_DATASET, config_dict=dict(tiny_run_dict, precision="bf16", eval_args=eval_args))
+    assert predict_autocast and all(predict_autocast)
+    assert math.isfinite(result["best_valid_score"])
+    assert all(math.isfinite(v) for v in result["test_result"].values())

@@ -87,6 +87,8 @@ class PluginTrainerMixin:
         self._chunked_eval_logged = False
         torch.set_flush_denormal(bool(config["flush_denormal"]))
         self.precision_dtype = precision.resolve_dtype(config, self.logger)
+        if self.precision_dtype is not torch.float32:
+            self.logger.info(f"precision {config['precision']}: training losses and evaluation batches under torch.autocast({self.precision_dtype})")
         if self.precision_dtype is torch.float16:
             self._scale_fp16_gradients()
 

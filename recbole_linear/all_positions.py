@@ -353,7 +353,7 @@ def all_position_loss(model, interaction, targets_field, negatives_field=None, s
     if model.loss_type == "BPR":
         negatives = interaction[negatives_field][:, :width][trained]
         return model.loss_fct(item_scores(model, hidden, targets), item_scores(model, hidden, negatives))
-    if ce_block_rows and scored_by_output_weights(model):
+    if ce_block_rows and scored_by_output_weights(type(model).__name__):
         weight, bias = output_weights(model)
         return fused_cross_entropy(hidden, weight, bias, targets, ce_block_rows)
     # the logits may come from a bf16/fp16 product (precision); the softmax and its mean are fp32

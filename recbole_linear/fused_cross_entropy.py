@@ -16,7 +16,7 @@ the trainer's loss is; the function is not twice differentiable.
 """
 import torch
 
-from recbole_linear.layers.mixed_precision import at_least_fp32
+from recbole_linear.layers.mixed_precision import at_least_fp32_dtype
 
 # positions per block: 128 x 3,416 fp32 logits are 1.7 MB, within one core's L2 here (64 to 512 measured: 128 fastest)
 DEFAULT_BLOCK_ROWS = 128
@@ -26,7 +26,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, block_rows, compute_dtype):
         n_rows = hidden.size(0)
-        accumulate_dtype = at_least_fp32(hidden[:0]).dtype
+        accumulate_dtype = at_least_fp32_dtype(hidden.dtype)
         weight_c = weight.to(compute_dtype)
         grad_hidden = torch.empty(hidden.shape, dtype=accumulate_dtype, device=hidden.device)
         grad_weight = torch.zeros(weight.shape, dtype=accumulate_dtype, device=weight.device)
@@ -81,7 +81,10 @@ def fused_cross_entropy(hidden, weight, bias, targets, block_rows=DEFAULT_BLOCK_
     fp64 for fp64 inputs).
     """
     device_type = hidden.device.type
-    compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else at_least_fp32(hidden[:0]).dtype
+    if torch.is_autocast_enabled(device_type):
+        compute_dtype = torch.get_autocast_dtype(device_type)
+    else:
+        compute_dtype = at_least_fp32_dtype(hidden.dtype)
     with torch.autocast(device_type=device_type, enabled=False):  # the block products are cast explicitly
         return _FusedLinearCrossEntropy.apply(hidden, weight, bias, targets, block_rows, compute_dtype)
 

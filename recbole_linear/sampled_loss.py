@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_linear.errors import ConfigError
-from recbole_linear.layers.mixed_precision import at_least_fp32
+from recbole_linear.layers.mixed_precision import at_least_fp32_dtype
 from recbole_linear.model_names import PLUGIN_MODELS
 
 SAMPLED_LOSSES = ("SSM", "gBCE")
@@ -65,7 +65,7 @@ def check_config(config, user_negatives=None):
     ``{'distribution', 'sample_num', 'alpha'}``. ``user_negatives``: the user's own
     ``train_neg_sample_args`` (None = not given)."""
     loss_type, model = config["loss_type"], config["model"]
-    if model not in PLUGIN_MODELS and model not in RECBOLE_SCORED_MODELS:
+    if not scored_by_output_weights(model):
         supported = ", ".join((*PLUGIN_MODELS, *RECBOLE_SCORED_MODELS))
         raise ConfigError(f"loss_type {loss_type} is implemented for {supported} (not {model})")
     negatives = dict(user_negatives if user_negatives is not None else config[NEGATIVES_KEY] or {})
@@ -112,9 +112,9 @@ def recbole_model_loss(config):
 
 
 # --- scoring ------------------------------------------------------------------------------
-def scored_by_output_weights(model):
-    """Whether the model scores item ``i`` as ``h . E[i] + b[i]`` (:func:`output_weights`)."""
-    return type(model).__name__ in (*PLUGIN_MODELS, *RECBOLE_SCORED_MODELS)
+def scored_by_output_weights(model_name):
+    """Whether the model of that name scores item ``i`` as ``h . E[i] + b[i]`` (:func:`output_weights`)."""
+    return model_name in PLUGIN_MODELS or model_name in RECBOLE_SCORED_MODELS
 
 
 def output_weights(model):
@@ -211,7 +211,7 @@ class SampledLoss:
     def __call__(self, model, hidden, targets):
         """The loss of the rows ``hidden`` ``[N, H]`` with targets ``[N]`` (every row a trained position)."""
         device = hidden.device
-        score_dtype = at_least_fp32(hidden[:0]).dtype  # bf16/fp16 hidden: fp32 loss
+        score_dtype = at_least_fp32_dtype(hidden.dtype)  # bf16/fp16 hidden: fp32 loss
         negatives = self.draw().to(device)
         hits = negatives.unsqueeze(0) == targets.unsqueeze(1)
         correction = self.log_correction.to(device=device, dtype=score_dtype)[negatives] if self.log_q_correction else None

@@ -175,17 +175,17 @@ class PluginTrainerMixin:
             torch.distributed.barrier()
 
     def _full_sort_batch_eval(self, batched_data):
-        if self.precision_dtype is torch.float32:
-            return self._full_sort_scores(batched_data)
-        with self._autocast():
-            interaction, scores, positive_u, positive_i = self._full_sort_scores(batched_data)
-        return interaction, scores.float(), positive_u, positive_i  # ranked and collected in fp32
+        return self._scored_in_precision(self._full_sort_scores, batched_data)
 
     def _neg_sample_batch_eval(self, batched_data):
+        return self._scored_in_precision(super()._neg_sample_batch_eval, batched_data)
+
+    def _scored_in_precision(self, score_batch, batched_data):
+        """``score_batch(batched_data)`` under the run's autocast, its scores ranked and collected in fp32."""
         if self.precision_dtype is torch.float32:
-            return super()._neg_sample_batch_eval(batched_data)
+            return score_batch(batched_data)
         with self._autocast():
-            interaction, scores, positive_u, positive_i = super()._neg_sample_batch_eval(batched_data)
+            interaction, scores, positive_u, positive_i = score_batch(batched_data)
         return interaction, scores.float(), positive_u, positive_i
 
     def _full_sort_scores(self, batched_data):

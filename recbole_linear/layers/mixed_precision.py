@@ -13,6 +13,11 @@ def full_precision(tensor):
     return torch.autocast(device_type=tensor.device.type, enabled=False)
 
 
+def at_least_fp32_dtype(dtype):
+    """fp32 for a half precision ``dtype``; fp32 and fp64 unchanged."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def at_least_fp32(tensor):
     """``tensor`` in fp32 if it is in a half precision; fp32 and fp64 tensors unchanged."""
-    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+    return tensor.to(at_least_fp32_dtype(tensor.dtype))

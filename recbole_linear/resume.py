@@ -17,8 +17,9 @@ process needs to continue as if never stopped:
   dataloader's ``generator`` (its shuffling), so a resumed run is bit-identical to an
   uninterrupted one (with RecBole's default ``reproducibility: True``);
 - the per-epoch training seconds and losses, so a resumed run reports every epoch it trained;
-- a signature of the config: a file written under other settings is ignored (with a warning) and
-  training starts afresh.
+- a signature of the config and the settings it was computed from: a file written under other
+  settings is not used; it is moved aside (never overwritten: it may hold hours of training), the
+  warning names the settings that differ, and training starts afresh.
 
 A run that is killed loses at most the epoch in progress. If the resume file says training had
 finished (last epoch, or early stopping), ``fit`` returns the saved best result without training
@@ -53,11 +54,29 @@ def resume_file_for(checkpoint_file):
     return f"{root}.resume{ext or '.pth'}"
 
 
-def config_signature(config):
-    """A hash of the settings that decide what a run computes (paths and devices left out)."""
+def config_settings(config):
+    """The settings that decide what a run computes (paths and devices left out), as JSON text."""
     settings = {k: v for k, v in config.final_config_dict.items() if k not in _SIGNATURE_IGNORES}
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def config_signature(config):
+    """A hash of :func:`config_settings`."""
+    return hashlib.sha1(config_settings(config).encode("utf-8")).hexdigest()
+
+
+def settings_difference(saved_text, config, shown=6):
+    """``key: saved -> now`` for the settings that differ ('absent' where one side lacks the key)."""
+    saved, now = json.loads(saved_text), json.loads(config_settings(config))
+    keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k, "absent") != now.get(k, "absent"))
+    text = ", ".join(f"{k}: {saved.get(k, 'absent')} -> {now.get(k, 'absent')}" for k in keys[:shown])
+    return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def set_aside_file_for(path, signature):
+    """Where a resume file of other settings is kept: ``run.resume.pth`` -> ``run.resume.<hash>.pth``."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.{signature[:8]}{ext or '.pth'}"
 
 
 # --- random states --------------------------------------------------------------------------
@@ -138,6 +157,7 @@ def save(trainer, epoch_idx, train_data, path, validates=True):
     state = {
         "format": FORMAT,
         "config_signature": config_signature(trainer.config),
+        "config_settings": config_settings(trainer.config),
         "epoch": epoch_idx,
         "finished": training_finished(trainer, epoch_idx),
         "validates": validates,
@@ -163,7 +183,8 @@ def save(trainer, epoch_idx, train_data, path, validates=True):
 
 
 def load(trainer, path):
-    """The resume state at ``path`` if it belongs to this run's config, else None (logged)."""
+    """The resume state at ``path`` if it belongs to this run's config, else None (logged). A file of
+    other settings is renamed out of the way first, so that this run's saves cannot overwrite it."""
     if not os.path.isfile(path):
         return None
     logger = getLogger()
@@ -176,7 +197,13 @@ def load(trainer, path):
         logger.warning(f"ignoring resume file {path}: not written by this version of recbole_linear")
         return None
     if state["config_signature"] != config_signature(trainer.config):
-        logger.warning(f"ignoring resume file {path}: it was written under other settings; training from the start")
+        differing = settings_difference(state["config_settings"], trainer.config) if "config_settings" in state else None
+        aside = set_aside_file_for(path, state["config_signature"])
+        os.replace(path, aside)
+        logger.warning(
+            f"not resuming from {path}: it was written under other settings"
+            f" ({differing or 'written before settings were recorded'}); kept as {aside}; training from the start"
+        )
         return None
     return state
 

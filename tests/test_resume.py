@@ -10,6 +10,7 @@ random states must not (so the equality is not trivial). With validation every s
 a run killed during epoch 3 resumes from epoch 3, not from its last validation (epoch 1).
 """
 import json
+import logging
 import os
 import re
 import shutil
@@ -350,7 +351,9 @@ def test_random_states_round_trip_including_the_loader_generator():
     assert first[2] == again[2] and torch.equal(first[3], again[3])
 
 
-def test_resume_file_of_other_settings_is_ignored(tiny_data_path, tmp_path, monkeypatch):
+def test_resume_file_of_other_settings_is_set_aside_not_used(tiny_data_path, tmp_path, monkeypatch, caplog):
+    """Not resumed from, and not overwritten either: the run under the new settings saves its own
+    file, so the old one (maybe hours of training) is renamed and the warning names what differs."""
     monkeypatch.chdir(tmp_path)
     args = tiny_cmd_args(tiny_data_path, show_progress=False)
     config = create_config("SASRec", TINY_DATASET, cmd_args=args + [f"--checkpoint_dir={tmp_path / 'saved'}"])
@@ -359,9 +362,15 @@ def test_resume_file_of_other_settings_is_ignored(tiny_data_path, tmp_path, monk
     trainer.enable_resume(path)
     trainer.fit(train_data, valid_data, saved=True)
     assert resume.load(trainer, path)["epoch"] == 0
+    saved_state = load_checkpoint(path)
     other = create_config("SASRec", TINY_DATASET, cmd_args=args + ["--learning_rate=0.005"])
     _, _, _, other_trainer = prepare(other)
-    assert resume.load(other_trainer, path) is None
+    with caplog.at_level(logging.WARNING):
+        assert resume.load(other_trainer, path) is None
+    aside = resume.set_aside_file_for(path, saved_state["config_signature"])
+    assert not os.path.exists(path) and os.path.isfile(aside)
+    assert same_state_dicts(load_checkpoint(aside)["state_dict"], saved_state["state_dict"])
+    assert "learning_rate: 0.001 -> 0.005" in caplog.text and aside in caplog.text
     # where files go does not make the settings different
     moved = create_config("SASRec", TINY_DATASET, cmd_args=args + [f"--checkpoint_dir={tmp_path / 'elsewhere'}"])
     assert resume.config_signature(moved) == resume.config_signature(config)

@@ -221,8 +221,12 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     init_logger(config)
     logging.basicConfig(level=logging.ERROR)
     _, (train_data, valid_data, test_data), model, trainer = prepare(config)
+    if config["resume_file"]:  # tune gives each trial one: a trial cut off continues from its last epoch
+        trainer.enable_resume(config["resume_file"])
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
     test_result = trainer.evaluate(test_data, load_best_model=saved)
+    if config["resume_file"]:
+        resume.discard(config["resume_file"])
     return _result(config, model, trainer, best_valid_score, best_valid_result, test_result, saved)
 
 

@@ -294,6 +294,51 @@ def test_interrupted_random_search_resumes_with_the_same_points(tiny_fixed, tmp_
     assert best == max(summary["trials"], key=lambda r: r["valid_score"])["params"]
 
 
+def test_trial_cut_off_mid_training_continues_from_its_last_epoch(tiny_fixed, tmp_path, monkeypatch):
+    """A trial killed after an epoch leaves its resume file; the rerun of the tuning continues it
+    from there (not from epoch 0) and removes the file once the trial is tested."""
+    from recbole_linear import resume
+
+    monkeypatch.chdir(tmp_path)
+    space = write_hyper(tmp_path, "learning_rate choice [0.001]\n")
+    output_dir = str(tmp_path / "out")
+    options = dict(params_file=space, config_dict=dict(tiny_fixed, epochs=2, eval_step=1), output_dir=output_dir)
+    original_save = resume.save
+
+    def save_then_stop(trainer, epoch_idx, *rest):
+        original_save(trainer, epoch_idx, *rest)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume, "save", save_then_stop)
+    cut_off = CountingObjective()
+    with pytest.raises(KeyboardInterrupt):
+        tuning.tune("LRURec", TINY_DATASET, objective=cut_off, **options)
+    resume_file = cut_off.calls[0][0]["resume_file"]
+    assert resume_file == resume.resume_file_for(cut_off.calls[0][0]["saved_model_file"])
+    assert os.path.isfile(resume_file) and not os.path.exists(os.path.join(output_dir, "trials.csv"))
+
+    monkeypatch.setattr(resume, "save", original_save)
+    restored_epochs = []
+    original_restore = resume.restore
+
+    def recording_restore(trainer, state, train_data):
+        restored_epochs.append(state["epoch"])
+        original_restore(trainer, state, train_data)
+
+    monkeypatch.setattr(resume, "restore", recording_restore)
+    rerun = CountingObjective()
+    summary = tuning.tune("LRURec", TINY_DATASET, objective=rerun, **options)
+    assert restored_epochs == [0] and summary["trained"] == 1
+    assert rerun.results[0]["epochs_trained"] == 2  # epoch 0 from the file, epoch 1 trained now
+    assert not os.path.exists(resume_file)
+    assert len(read_trials(output_dir)) == 1
+
+
+def test_ddp_trials_get_no_resume_file():
+    objective = tuning.trial_objective(2, "5678", "hyperopt")
+    assert objective.resumable is False and tuning.trial_objective(1, "5678", "hyperopt") is None
+
+
 # --- Ray ---------------------------------------------------------------------------------
 def tiny_args(data_path):
     return [

@@ -20,7 +20,8 @@ models therefore tune the same way.
 A trial is its parameters under the folder's fixed settings. Each one is appended to
 ``trials.csv`` as soon as it finishes; a later run into the same folder serves every trial already
 there from the file instead of training it (hyperopt gets the stored loss), and refuses to start if
-the fixed settings changed. hyperopt is seeded (``--search_seed``), so a rerun of an interrupted
+the fixed settings changed. A trial cut off mid-training continues from its last finished epoch
+(its resume file, beside its checkpoint; one process per trial only). hyperopt is seeded (``--search_seed``), so a rerun of an interrupted
 random or bayes search proposes the same points again and only the unfinished ones train. One
 command at a time per folder (:mod:`recbole_linear.workflow.common.folder_lock`): a second one is refused before
 it writes anything; the lock of a command that died is taken over. Trial checkpoints are named
@@ -358,7 +359,9 @@ def trial_objective(nproc, port, tool):
         raise ConfigError("--nproc applies to --tool=hyperopt; Ray trials run one process each")
     import functools
 
-    return functools.partial(ddp_objective_function, nproc=nproc, port=port)
+    objective = functools.partial(ddp_objective_function, nproc=nproc, port=port)
+    objective.resumable = False  # resume files are not supported under DDP: its trials start afresh
+    return objective
 
 
 def cli_main(argv):

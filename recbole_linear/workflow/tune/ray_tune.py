@@ -54,7 +54,7 @@ OBJECT_STORE_BYTES = 256 * 1024 * 1024
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def ray_trainable(config, points, fixed_config_dict, checkpoint_files, cpus_per_trial=1, gpus_per_trial=0):
+def ray_trainable(config, points, fixed_config_dict, trial_files, cpus_per_trial=1, gpus_per_trial=0):
     """One Ray trial: train ``points[config['trial_index']]`` and report its record."""
     import ray
     import torch
@@ -64,7 +64,7 @@ def ray_trainable(config, points, fixed_config_dict, checkpoint_files, cpus_per_
     torch.set_num_threads(max(1, int(cpus_per_trial)))
     # RecBole sets CUDA_VISIBLE_DEVICES from gpu_id: give it the GPUs Ray assigned ("" = CPU)
     gpu_ids = ray.get_gpu_ids() if gpus_per_trial > 0 else []
-    extra = {"saved_model_file": checkpoint_files[index], "gpu_id": ",".join(str(g) for g in gpu_ids)}
+    extra = dict(trial_files[index], gpu_id=",".join(str(g) for g in gpu_ids))
     record = execute_trial(objective_function, points[index], fixed_config_dict=fixed_config_dict, extra=extra)
     session.report({"valid_score": record["valid_score"], "trial_index": index, "record": json.dumps(record)})
 
@@ -159,7 +159,7 @@ def run_on_ray(run, address=None, cpus_per_trial=1, gpus_per_trial=0):
                 ray_trainable,
                 points=[params for _, params in pending],
                 fixed_config_dict=run.fixed,
-                checkpoint_files=[run.checkpoint_file(params) for _, params in pending],
+                trial_files=[run.trial_files(params) for _, params in pending],
                 cpus_per_trial=cpus_per_trial,
                 gpus_per_trial=gpus_per_trial,
             ),

@@ -18,6 +18,7 @@ import yaml
 from recbole.trainer.hyper_tuning import HyperTuning
 from recbole.utils import set_color
 
+from recbole_linear.resume import resume_file_for
 from recbole_linear.workflow.tune.space import CSV_NAME, params_str, plain, tied_keys, trial_key
 from recbole_linear.workflow.tune.store import TrialStore, execute_trial, quiet_import
 
@@ -106,6 +107,15 @@ class TuningRun:
         identity = os.path.abspath(self.output_dir) + trial_key(self.fixed) + trial_key(params)
         digest = hashlib.sha1(identity.encode("utf-8")).hexdigest()[:12]
         return os.path.join(self.checkpoint_dir, f"{self.model}-{self.dataset}-tune-{digest}.pth")
+
+    def trial_files(self, params):
+        """The trial's checkpoint and, where the objective can resume (one process), its resume
+        file: a trial cut off mid-training continues from its last finished epoch on a rerun."""
+        checkpoint = self.checkpoint_file(params)
+        files = {"saved_model_file": checkpoint}
+        if getattr(self.objective, "resumable", True):
+            files["resume_file"] = resume_file_for(checkpoint)
+        return files
 
     def hyperopt_algo(self):
         """The suggest function fmin uses (``max_evals`` says how many points)."""
@@ -360,7 +370,7 @@ class PluginHyperTuning(HyperTuning):
         if not skipped:
             record = execute_trial(
                 self.objective_function, effective, self.fixed_config_file_list,
-                extra={"saved_model_file": run.checkpoint_file(effective)},
+                extra=run.trial_files(effective),
             )
         record = run.accept(effective, record, run.proposed, run.max_evals, skipped)
         # RecBole's bookkeeping, for callers that read it

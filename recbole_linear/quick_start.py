@@ -234,8 +234,11 @@ def ddp_objective_function(config_dict=None, config_file_list=None, saved=True, 
     """:func:`objective_function` whose trial trains on ``nproc`` processes of this machine (DDP).
 
     For ``tune`` (``--nproc``): ``functools.partial(ddp_objective_function, nproc=2, port=...)``.
-    The trial's metrics are those of one process evaluating its weights, as for any DDP run.
+    The trial's metrics are those of one process evaluating its weights, as for any DDP run. The
+    trial's ``resume_file`` (tune gives every trial one) is dropped: DDP runs cannot resume, so a
+    trial cut off starts afresh.
     """
+    config_dict = {k: v for k, v in (config_dict or {}).items() if k != "resume_file"}
     return run(None, None, config_file_list, config_dict, saved=saved, nproc=nproc, port=port)
 
 

@@ -334,11 +334,6 @@ def test_trial_cut_off_mid_training_continues_from_its_last_epoch(tiny_fixed, tm
     assert len(read_trials(output_dir)) == 1
 
 
-def test_ddp_trials_get_no_resume_file():
-    objective = tuning.trial_objective(2, "5678", "hyperopt")
-    assert objective.resumable is False and tuning.trial_objective(1, "5678", "hyperopt") is None
-
-
 # --- Ray ---------------------------------------------------------------------------------
 def tiny_args(data_path):
     return [

@@ -359,9 +359,7 @@ def trial_objective(nproc, port, tool):
         raise ConfigError("--nproc applies to --tool=hyperopt; Ray trials run one process each")
     import functools
 
-    objective = functools.partial(ddp_objective_function, nproc=nproc, port=port)
-    objective.resumable = False  # resume files are not supported under DDP: its trials start afresh
-    return objective
+    return functools.partial(ddp_objective_function, nproc=nproc, port=port)
 
 
 def cli_main(argv):

@@ -109,13 +109,10 @@ class TuningRun:
         return os.path.join(self.checkpoint_dir, f"{self.model}-{self.dataset}-tune-{digest}.pth")
 
     def trial_files(self, params):
-        """The trial's checkpoint and, where the objective can resume (one process), its resume
-        file: a trial cut off mid-training continues from its last finished epoch on a rerun."""
+        """The trial's checkpoint and its resume file: a trial cut off mid-training continues from
+        its last finished epoch on a rerun (a DDP trial starts afresh: ddp_objective_function)."""
         checkpoint = self.checkpoint_file(params)
-        files = {"saved_model_file": checkpoint}
-        if getattr(self.objective, "resumable", True):
-            files["resume_file"] = resume_file_for(checkpoint)
-        return files
+        return {"saved_model_file": checkpoint, "resume_file": resume_file_for(checkpoint)}
 
     def hyperopt_algo(self):
         """The suggest function fmin uses (``max_evals`` says how many points)."""

@@ -107,6 +107,20 @@ def _result(config, model, trainer, best_valid_score, best_valid_result, test_re
     }
 
 
+def _train_and_test(config, trainer, train_data, valid_data, test_data, saved, verbose=True, show_progress=False):
+    """``fit`` then ``evaluate`` on the test set; with ``resume_file`` set (by the user for ``run``, by
+    ``tune`` for each trial) an interrupted fit continues from that file, removed once tested."""
+    if config["resume_file"]:
+        trainer.enable_resume(config["resume_file"])
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show_progress)
+    if config["resume_file"]:
+        resume.discard(config["resume_file"])
+    return best_valid_score, best_valid_result, test_result
+
+
 def run_recbole_linear(
     model=None,
     dataset=None,
@@ -137,14 +151,9 @@ def run_recbole_linear(
     logger.info(config)
 
     _, (train_data, valid_data, test_data), model, trainer = prepare(config, log_flops=True)
-    if config["resume_file"]:  # continue an interrupted run that wrote this file; rewrite it every epoch
-        trainer.enable_resume(config["resume_file"])
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    best_valid_score, best_valid_result, test_result = _train_and_test(
+        config, trainer, train_data, valid_data, test_data, saved, show_progress=config["show_progress"]
     )
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
-    if config["resume_file"]:
-        resume.discard(config["resume_file"])
 
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
@@ -221,12 +230,9 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     init_logger(config)
     logging.basicConfig(level=logging.ERROR)
     _, (train_data, valid_data, test_data), model, trainer = prepare(config)
-    if config["resume_file"]:  # tune gives each trial one: a trial cut off continues from its last epoch
-        trainer.enable_resume(config["resume_file"])
-    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
-    test_result = trainer.evaluate(test_data, load_best_model=saved)
-    if config["resume_file"]:
-        resume.discard(config["resume_file"])
+    best_valid_score, best_valid_result, test_result = _train_and_test(
+        config, trainer, train_data, valid_data, test_data, saved, verbose=False
+    )
     return _result(config, model, trainer, best_valid_score, best_valid_result, test_result, saved)
 
 

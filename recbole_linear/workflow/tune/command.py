@@ -21,8 +21,9 @@ A trial is its parameters under the folder's fixed settings. Each one is appende
 ``trials.csv`` as soon as it finishes; a later run into the same folder serves every trial already
 there from the file instead of training it (hyperopt gets the stored loss), and refuses to start if
 the fixed settings changed. A trial cut off mid-training continues from its last finished epoch
-(its resume file, beside its checkpoint; one process per trial only). hyperopt is seeded (``--search_seed``), so a rerun of an interrupted
-random or bayes search proposes the same points again and only the unfinished ones train. One
+(its resume file, beside its checkpoint; one process per trial only). hyperopt is seeded
+(``--search_seed``), so a rerun of an interrupted random or bayes search proposes the same points
+again and only the unfinished ones train. One
 command at a time per folder (:mod:`recbole_linear.workflow.common.folder_lock`): a second one is refused before
 it writes anything; the lock of a command that died is taken over. Trial checkpoints are named
 after the folder, the fixed settings and the trial's parameters, so the same trial tuned into two

@@ -444,10 +444,51 @@ def test_missing_per_user_file_gives_na_and_names_the_run(tmp_path):
     assert np.isnan(entries["Ours"]["p"]) and 0 <= entries["Other"]["p"] <= 1
     assert table["missing_per_user"] == ["Ours-seed2"]
     md = summary.to_markdown(table, "toy_set", [1, 2])
-    assert next(l for l in md.splitlines() if l.startswith("| Ours")).endswith("| n/a |")
+    # the test across seeds needs only runs.csv, so it stands where the per-user one cannot
+    ours_p_seeds = summary.format_p(entries["Ours"]["p_seeds"])
+    assert next(l for l in md.splitlines() if l.startswith("| Ours")).endswith(f"| n/a | {ours_p_seeds} |")
     assert "per-user file of 1 run(s) is missing (Ours-seed2)" in md
     complete = summary.to_markdown(report.build_table(rows[2:], ["Other", "BaseA"], str(tmp_path)), "toy_set", [1, 2])
     assert "is missing" not in complete
+
+
+def test_seed_test_compares_per_seed_means_and_needs_two_seeds_each(tmp_path):
+    from scipy.stats import ttest_ind
+
+    rng = np.random.default_rng(2)
+    users = np.arange(200)
+    base = rng.random(200)
+    shifts = {("Ours", 1): 0.10, ("Ours", 2): 0.12, ("Ours", 3): 0.08,
+              ("BaseA", 1): 0.0, ("BaseA", 2): 0.01, ("BaseA", 3): -0.02, ("Single", 1): -0.05}
+    per_user = {key: (users, np.clip(base + shift, 0, 1)) for key, shift in shifts.items()}
+    rows = _synthetic_rows(tmp_path, per_user)
+    table = report.build_table(rows, ["Ours", "BaseA", "Single"], str(tmp_path))
+    entries = {e["model"]: e for e in table["entries"]}
+    means = {m: [float(r["test_ndcg@10"]) for r in rows if r["model"] == m] for m in ("Ours", "BaseA")}
+    expected = ttest_ind(means["Ours"], means["BaseA"], equal_var=False).pvalue
+    assert table["baseline"] == "BaseA" and table["seed_test"]
+    assert entries["Ours"]["p_seeds"] == pytest.approx(expected) and 0 < expected < 0.05
+    assert entries["Single"]["p_seeds"] is None and entries["BaseA"]["p_seeds"] is None  # one seed; the baseline
+    md = summary.to_markdown(table, "toy_set", [1, 2, 3])
+    assert "p across seeds" in md and "Welch's two-sided t-test" in md
+    ours = next(l for l in md.splitlines() if l.startswith("| Ours"))
+    assert ours.endswith(f"| {summary.format_p(entries['Ours']['p'])} | {summary.format_p(expected)} |")
+    assert next(l for l in md.splitlines() if l.startswith("| Single")).endswith("| — |")
+    tex = summary.to_latex(table, "toy_set", [1, 2, 3])
+    assert "p_{\\mathrm{seeds}}" in tex and summary.format_p(expected) in tex
+
+    # one seed per model: no column, and the Markdown is what it was before the test existed
+    single = report.build_table([r for r in rows if r["seed"] == "1"], ["Ours", "BaseA"], str(tmp_path))
+    assert not single["seed_test"]
+    assert "p across seeds" not in summary.to_markdown(single, "toy_set", [1])
+    assert "mathrm{seeds}" not in summary.to_latex(single, "toy_set", [1])
+
+
+def test_seed_p_value_edge_cases():
+    assert report.seed_p_value([0.1], [0.2, 0.3]) is None
+    assert report.seed_p_value([0.1, 0.1], [0.1, 0.1]) == 1.0
+    assert report.seed_p_value([0.1, 0.1], [0.2, 0.2]) == 0.0
+    assert 0 < report.seed_p_value([0.1, 0.2], [0.15, 0.25]) < 1
 
 
 def test_paired_p_value_pairs_by_user():

@@ -5,8 +5,12 @@ NDCG@10 arrays the runs stored. :func:`build_table` gives, per model, the mean Â
 deviation (n - 1) of every test metric over the seeds that finished, the best and second-best
 mean per metric (ties share a mark; direction from RecBole's ``smaller_metrics``), the efficiency
 columns, and the p-value of a two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``) of
-the model's per-user NDCG@10 against the best RecBole baseline's. :mod:`.summary` writes it as
-``summary.md`` and ``summary.tex``.
+the model's per-user NDCG@10 against the best RecBole baseline's. Where the model and that
+baseline each finished at least two seeds, a second p-value compares their per-seed test NDCG@10
+(Welch's two-sided t-test, ``scipy.stats.ttest_ind(equal_var=False)``): the per-user test pairs two
+users' scores under the seed-averaged models and says nothing of how much a mean moves from one
+seed to the next; the test across seeds does. :mod:`.summary` writes it as ``summary.md`` and
+``summary.tex``.
 
 A run counts as one of its model's seeds only if it finished with every test metric its model's
 runs report (:func:`finished_rows`): the seeds column counts exactly the runs that the means, the
@@ -19,6 +23,7 @@ import numpy as np
 
 SIGNIFICANCE_METRIC = "ndcg@10"
 SIGNIFICANCE_TEST = "two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon)"
+SEED_TEST = "Welch's two-sided t-test (scipy.stats.ttest_ind, equal_var=False)"
 METRIC_DIGITS = 4
 
 # efficiency columns: (row key, markdown header, LaTeX header, formatter)
@@ -100,6 +105,23 @@ def paired_p_value(users_a, values_a, users_b, values_b):
     return float(wilcoxon(a, b, zero_method="wilcox", alternative="two-sided").pvalue)
 
 
+def seed_p_value(values_a, values_b):
+    """p-value of Welch's two-sided t-test of two models' per-seed test means (unpaired: the
+    same seed in two models shares no randomness that matters); None unless each has two seeds.
+
+    Two sets of equal values cannot be told apart and give 1; two constant but different sets
+    have no spread to test against and give 0.
+    """
+    from scipy.stats import ttest_ind
+
+    a, b = np.asarray(values_a, dtype=float), np.asarray(values_b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if a.std() == 0 and b.std() == 0:
+        return 1.0 if a[0] == b[0] else 0.0
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
 # --- the table -------------------------------------------------------------------------------
 def is_metric(name):
     """A RecBole metric key such as ``ndcg@10`` or ``auc``."""
@@ -174,6 +196,7 @@ def build_table(rows, models, output_dir=None):
 
     efficiency = [c for c in _EFFICIENCY_COLUMNS if any(stats[m][c[0]] for m in models)]
     baseline, p_values, missing_per_user = _significance(rows, models, ok_rows, stats, metrics, output_dir)
+    seed_p_values = _seed_significance(baseline, models, ok_rows)
 
     entries = []
     for i, model in enumerate(models):
@@ -184,12 +207,14 @@ def build_table(rows, models, output_dir=None):
         for key, _, _, fmt in efficiency:
             entry["efficiency"][key] = "â€“" if stats[model][key] is None else fmt(stats[model][key][0])
         entry["p"] = p_values.get(model)
+        entry["p_seeds"] = seed_p_values.get(model)
         entries.append(entry)
     return {
         "metrics": metrics,
         "efficiency": efficiency,
         "entries": entries,
         "baseline": baseline,
+        "seed_test": any(p is not None for p in seed_p_values.values()),
         "missing_per_user": missing_per_user,
         "builtin": [m for m in models if any(_is_true(r.get("builtin")) for r in rows if r["model"] == m)],
         "protocol": _protocol(rows),
@@ -249,3 +274,16 @@ def _significance(rows, models, ok_rows, stats, metrics, output_dir):
         else:
             p_values[model] = paired_p_value(per_user[0], per_user[1], reference[0], reference[1])
     return baseline, p_values, missing
+
+
+def _seed_significance(baseline, models, ok_rows):
+    """{model: p of its per-seed test NDCG@10 against the baseline's} where both have two seeds."""
+    if baseline is None:
+        return {}
+    key = f"test_{SIGNIFICANCE_METRIC}"
+    reference = [float(r[key]) for r in ok_rows[baseline]]
+    return {
+        model: seed_p_value([float(r[key]) for r in ok_rows[model]], reference)
+        for model in models
+        if model != baseline and ok_rows[model]
+    }

@@ -7,7 +7,7 @@ significance test named, and the failed runs listed. LaTeX: the same table for a
 import math
 import os
 
-from recbole_linear.workflow.compare.report import METRIC_DIGITS, SIGNIFICANCE_TEST, build_table
+from recbole_linear.workflow.compare.report import METRIC_DIGITS, SEED_TEST, SIGNIFICANCE_TEST, build_table
 
 # RecBole metric name (before '@') -> the name papers print
 _PRETTY_METRICS = {
@@ -89,12 +89,14 @@ def _tex_metric(cell):
     return _metric_cell(cell, "--", r"\textbf{{{}}}", r"\underline{{{}}}", r" $\pm$ ")
 
 
-def _p_cell(table, entry, dash):
+def _p_cells(table, entry, dash):
+    """The p-value cells of one row: per user, and across seeds where the table has that column."""
     if table["baseline"] is None:
-        return None
+        return []
+    keys = ["p"] + (["p_seeds"] if table.get("seed_test") else [])
     if entry["model"] == table["baseline"]:
-        return dash
-    return format_p(entry["p"]) if entry["p"] is not None else dash
+        return [dash] * len(keys)
+    return [format_p(entry[k]) if entry.get(k) is not None else dash for k in keys]
 
 
 def _short(text, limit=160):
@@ -106,6 +108,8 @@ def to_markdown(table, dataset, seeds, failed_rows=()):
     header = ["model", "seeds"] + metrics + [c[1] for c in efficiency]
     if table["baseline"]:
         header.append(f"p vs {table['baseline']}")
+        if table.get("seed_test"):
+            header.append("p across seeds")
     lines = [
         f"# Comparison on {dataset}",
         "",
@@ -125,6 +129,11 @@ def to_markdown(table, dataset, seeds, failed_rows=()):
             f"p: {SIGNIFICANCE_TEST} of each model's per-user test NDCG@10 (averaged over seeds) "
             f"against the best RecBole baseline by mean test NDCG@10, {table['baseline']}, paired by user.",
         ]
+        if table.get("seed_test"):
+            lines[-1] += (
+                f" p across seeds: {SEED_TEST} of the per-seed test NDCG@10 means against "
+                f"{table['baseline']}'s, where both finished at least two seeds (— otherwise)."
+            )
     if table.get("missing_per_user"):
         missing = table["missing_per_user"]
         lines += [
@@ -137,9 +146,7 @@ def to_markdown(table, dataset, seeds, failed_rows=()):
         cells = [entry["model"], entry["n"]]
         cells += [_md_metric(entry["metrics"].get(m)) for m in metrics]
         cells += [entry["efficiency"][c[0]] for c in efficiency]
-        p = _p_cell(table, entry, "—")
-        if p is not None:
-            cells.append(p)
+        cells += _p_cells(table, entry, "—")
         lines.append("| " + " | ".join(cells) + " |")
     if failed_rows:
         lines += ["", "Failed runs (rerun the same command to retry them):", ""]
@@ -154,6 +161,9 @@ def to_latex(table, dataset, seeds):
     if table["baseline"]:
         header.append("$p$")
         align += "r"
+        if table.get("seed_test"):
+            header.append("$p_{\\mathrm{seeds}}$")
+            align += "r"
     caption = (
         f"Test results on {latex_escape(dataset)}: mean $\\pm$ standard deviation over {len(seeds)} seeds. "
         "Best in bold, second underlined."
@@ -163,6 +173,8 @@ def to_latex(table, dataset, seeds):
             f" $p$: two-sided Wilcoxon signed-rank test on per-user NDCG@10 against the best RecBole "
             f"baseline, {latex_escape(table['baseline'])}."
         )
+        if table.get("seed_test"):
+            caption += " $p_{\\mathrm{seeds}}$: Welch's two-sided $t$-test on the per-seed NDCG@10 means."
     lines = [
         "% requires \\usepackage{booktabs}",
         "\\begin{table*}[t]",
@@ -178,9 +190,7 @@ def to_latex(table, dataset, seeds):
         cells = [latex_escape(entry["model"])]
         cells += [_tex_metric(entry["metrics"].get(m)) for m in metrics]
         cells += [latex_escape(entry["efficiency"][c[0]]).replace("–", "--") for c in efficiency]
-        p = _p_cell(table, entry, "--")
-        if p is not None:
-            cells.append(p)
+        cells += _p_cells(table, entry, "--")
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table*}"]
     return "\n".join(lines) + "\n"

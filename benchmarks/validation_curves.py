@@ -72,9 +72,10 @@ def plot(rows, targets, metric, path):
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {metric}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        # below the axes: long labels over the curves hide them
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def main(argv=None):

@@ -49,6 +49,8 @@ def load_spec(path):
     for key in ("metrics", "rows"):
         if not spec.get(key):
             raise SystemExit(f"paper_table: {path} has no '{key}'")
+    if spec.get("leads") and spec.get("lead_metric", "ndcg@10") not in spec["metrics"]:
+        raise SystemExit(f"paper_table: lead_metric {spec.get('lead_metric', 'ndcg@10')} is not one of {path}'s metrics")
     ids = [row.get("id") for row in spec["rows"]]
     if len(set(ids)) != len(ids) or None in ids:
         raise SystemExit(f"paper_table: every row of {path} needs an 'id' of its own")
@@ -91,40 +93,44 @@ def per_user(folder, runs, metric):
 
 def build(spec, spec_dir):
     """{'rows': [...], 'leads': [...]} with every figure of the table as numbers."""
-    metrics = spec["metrics"]
-    table_rows, by_id = [], {}
+    by_id = {}
     for row in spec["rows"]:
-        folder, runs = read_runs(spec_dir, row, metrics)
-        cells = {}
-        for metric, paper in zip(metrics, row["paper"]):
-            mean, std = mean_std([float(r[f"test_{metric}"]) for r in runs])
-            cells[metric] = {"mean": mean, "std": std, "paper": float(paper), "gap": mean / float(paper) - 1}
-        entry = {
-            "id": row["id"], "dataset": row["dataset"], "model": row["model"], "trained": row.get("trained", ""),
-            "seeds": [int(r["seed"]) for r in runs], "runs": row["runs"], "run_ids": list(row["run_ids"]),
-            "cells": cells, "folder": folder, "run_rows": runs,
-        }
-        table_rows.append(entry)
-        by_id[row["id"]] = entry
+        by_id[row["id"]] = _row_entry(row, spec_dir, spec["metrics"])
+    leads = [_lead(by_id, lead, spec.get("lead_metric", "ndcg@10")) for lead in spec.get("leads", [])]
+    return {"rows": list(by_id.values()), "leads": leads}
 
-    leads = []
-    metric = spec.get("lead_metric", "ndcg@10")
-    for lead in spec.get("leads", []):
-        unknown = [name for name in (lead["model"], lead["over"]) if name not in by_id]
-        if unknown:
-            raise SystemExit(f"paper_table: a lead names row '{unknown[0]}', which the spec does not have")
-        a, b = by_id[lead["model"]], by_id[lead["over"]]
-        ours = a["cells"][metric]["mean"] / b["cells"][metric]["mean"] - 1
-        paper = a["cells"][metric]["paper"] / b["cells"][metric]["paper"] - 1
-        users_a, users_b = per_user(a["folder"], a["run_rows"], metric), per_user(b["folder"], b["run_rows"], metric)
-        p_users = None if users_a is None or users_b is None else paired_p_value(*users_a, *users_b)
-        n_users = None if users_a is None or users_b is None else len(np.intersect1d(users_a[0], users_b[0]))
-        p_seeds = seed_p_value([float(r[f"test_{metric}"]) for r in a["run_rows"]],
-                               [float(r[f"test_{metric}"]) for r in b["run_rows"]])
-        leads.append({"dataset": a["dataset"], "model": a["id"], "over": b["id"], "model_name": a["model"],
-                      "over_name": b["model"], "metric": metric, "ours": ours,
-                      "paper": paper, "p_users": p_users, "users": n_users, "p_seeds": p_seeds})
-    return {"rows": table_rows, "leads": leads}
+
+def _row_entry(row, spec_dir, metrics):
+    folder, runs = read_runs(spec_dir, row, metrics)
+    cells = {}
+    for metric, paper in zip(metrics, row["paper"]):
+        mean, std = mean_std([float(r[f"test_{metric}"]) for r in runs])
+        cells[metric] = {"mean": mean, "std": std, "paper": float(paper), "gap": mean / float(paper) - 1}
+    return {
+        "id": row["id"], "dataset": row["dataset"], "model": row["model"], "trained": row.get("trained", ""),
+        "seeds": [int(r["seed"]) for r in runs], "runs": row["runs"], "run_ids": list(row["run_ids"]),
+        "cells": cells, "folder": folder, "run_rows": runs,
+    }
+
+
+def _lead(by_id, lead, metric):
+    """Row ``lead['model']`` over row ``lead['over']`` in ``metric``: ours, the paper's, both tests."""
+    unknown = [name for name in (lead["model"], lead["over"]) if name not in by_id]
+    if unknown:
+        raise SystemExit(f"paper_table: a lead names row '{unknown[0]}', which the spec does not have")
+    a, b = by_id[lead["model"]], by_id[lead["over"]]
+    users_a, users_b = per_user(a["folder"], a["run_rows"], metric), per_user(b["folder"], b["run_rows"], metric)
+    have_users = users_a is not None and users_b is not None
+    return {
+        "dataset": a["dataset"], "model": a["id"], "over": b["id"], "model_name": a["model"], "over_name": b["model"],
+        "metric": metric,
+        "ours": a["cells"][metric]["mean"] / b["cells"][metric]["mean"] - 1,
+        "paper": a["cells"][metric]["paper"] / b["cells"][metric]["paper"] - 1,
+        "p_users": paired_p_value(*users_a, *users_b) if have_users else None,
+        "users": len(np.intersect1d(users_a[0], users_b[0])) if have_users else None,
+        "p_seeds": seed_p_value([float(r[f"test_{metric}"]) for r in a["run_rows"]],
+                                [float(r[f"test_{metric}"]) for r in b["run_rows"]]),
+    }
 
 
 def _p(value):

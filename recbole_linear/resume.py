@@ -19,7 +19,11 @@ process needs to continue as if never stopped:
 - the per-epoch training seconds and losses, so a resumed run reports every epoch it trained;
 - a signature of the config and the settings it was computed from: a file written under other
   settings is not used; it is moved aside (never overwritten: it may hold hours of training), the
-  warning names the settings that differ, and training starts afresh.
+  warning names the settings that differ, and training starts afresh. One difference is not one:
+  keys the file lacks whose value is the plugin's default for them (``properties/overall.yaml``, the
+  model's file). Those are options added to the plugin after the file was written, and an option
+  is added with a default that computes what the plugin computed before it, so a run upgraded
+  mid-way resumes (logged) instead of losing its epochs.
 
 A run that is killed loses at most the epoch in progress. If the resume file says training had
 finished (last epoch, or early stopping), ``fit`` returns the saved best result without training
@@ -38,6 +42,9 @@ from logging import getLogger
 
 import numpy as np
 import torch
+
+from recbole_linear import paths
+from recbole_linear.property_files import load_model_properties, read_yaml
 
 FORMAT = 1
 # settings that may differ between the interrupted and the resuming process of the same run
@@ -65,12 +72,26 @@ def config_signature(config):
     return hashlib.sha1(config_settings(config).encode("utf-8")).hexdigest()
 
 
+def differing_keys(saved_text, config):
+    """The settings keys whose values differ between a saved file and ``config`` (sorted)."""
+    saved, now = json.loads(saved_text), json.loads(config_settings(config))
+    return sorted(k for k in saved.keys() | now.keys() if saved.get(k, "absent") != now.get(k, "absent"))
+
+
 def settings_difference(saved_text, config, shown=6):
     """``key: saved -> now`` for the settings that differ ('absent' where one side lacks the key)."""
     saved, now = json.loads(saved_text), json.loads(config_settings(config))
-    keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k, "absent") != now.get(k, "absent"))
+    keys = differing_keys(saved_text, config)
     text = ", ".join(f"{k}: {saved.get(k, 'absent')} -> {now.get(k, 'absent')}" for k in keys[:shown])
     return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def added_at_default(saved_text, config):
+    """The keys a saved file lacks whose value in ``config`` is the plugin's default for them."""
+    saved, now = json.loads(saved_text), json.loads(config_settings(config))
+    defaults = {**read_yaml(paths.overall_property_file()), **load_model_properties(config["model"])}
+    defaults = json.loads(json.dumps(defaults, sort_keys=True, default=str))  # as config_settings writes values
+    return sorted(k for k in now.keys() - saved.keys() if k in defaults and defaults[k] == now[k])
 
 
 def set_aside_file_for(path, signature):
@@ -196,6 +217,14 @@ def load(trainer, path):
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         logger.warning(f"ignoring resume file {path}: not written by this version of recbole_linear")
         return None
+    if state["config_signature"] != config_signature(trainer.config) and "config_settings" in state:
+        added = added_at_default(state["config_settings"], trainer.config)
+        if added and set(differing_keys(state["config_settings"], trainer.config)) <= set(added):
+            logger.info(
+                f"resuming from {path}: written before the plugin had {', '.join(added)}, "
+                "which this run leaves at their defaults"
+            )
+            return state
     if state["config_signature"] != config_signature(trainer.config):
         differing = settings_difference(state["config_settings"], trainer.config) if "config_settings" in state else None
         aside = set_aside_file_for(path, state["config_signature"])

@@ -377,6 +377,45 @@ def test_resume_file_of_other_settings_is_set_aside_not_used(tiny_data_path, tmp
     assert resume.config_signature(other) != resume.config_signature(config)
 
 
+def _as_if_written_before(path, missing_keys):
+    """Rewrite a resume file as a version of the plugin without ``missing_keys`` would have."""
+    state = load_checkpoint(path)
+    settings = json.loads(state["config_settings"])
+    for key in missing_keys:
+        del settings[key]
+    state["config_settings"] = json.dumps(settings, sort_keys=True)
+    state["config_signature"] = resume.hashlib.sha1(state["config_settings"].encode("utf-8")).hexdigest()
+    torch.save(state, path)
+    return state
+
+
+def test_options_added_since_the_file_at_their_defaults_do_not_stop_a_resume(tiny_data_path, tmp_path, monkeypatch, caplog):
+    """A run cut off under an older plugin resumes under a newer one whose new keys (here the
+    plugin-wide ce_block_rows and LRURec's own lru_dropout_prob, as if added since) keep their
+    defaults; set one of them to another value and the file is set aside as before."""
+    monkeypatch.chdir(tmp_path)
+    args = tiny_cmd_args(tiny_data_path, show_progress=False)
+    config = create_config("LRURec", TINY_DATASET, cmd_args=args + [f"--checkpoint_dir={tmp_path / 'saved'}"])
+    _, (train_data, valid_data, _), _, trainer = prepare(config)
+    path = str(tmp_path / "saved" / "run.resume.pth")
+    trainer.enable_resume(path)
+    trainer.fit(train_data, valid_data, saved=True)
+    old = _as_if_written_before(path, ["ce_block_rows", "lru_dropout_prob"])
+    assert old["config_signature"] != resume.config_signature(config)
+
+    with caplog.at_level(logging.INFO):
+        state = resume.load(trainer, path)
+    assert state is not None and state["epoch"] == 0 and os.path.isfile(path)
+    assert "written before the plugin had ce_block_rows, lru_dropout_prob" in caplog.text
+
+    caplog.clear()
+    other = create_config("LRURec", TINY_DATASET, cmd_args=args + ["--ce_block_rows=64"])
+    _, _, _, other_trainer = prepare(other)
+    with caplog.at_level(logging.WARNING):
+        assert resume.load(other_trainer, path) is None
+    assert "ce_block_rows: absent -> 64" in caplog.text and not os.path.exists(path)
+
+
 def test_resume_file_written_before_per_epoch_saving_still_resumes(tiny_data_path, tmp_path, monkeypatch):
     """Files written by the version that saved only after validations (no 'optimizers',
     'current_optimizer' or 'validates') resume: long runs were cut off with such files."""

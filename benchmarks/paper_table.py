@@ -26,21 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from recbole_linear.workflow.compare.report import (  # noqa: E402
-    average_by_user,
-    mean_std,
-    paired_p_value,
-    per_user_path,
-    seed_p_value,
-)
-
-# RecBole metric key -> how papers print it
-_PRETTY = {"recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "hit": "HR", "precision": "Precision"}
-
-
-def pretty(metric):
-    name, _, k = metric.partition("@")
-    return f"{_PRETTY.get(name, name)}@{k}" if k else _PRETTY.get(name, name)
+from recbole_linear.workflow.compare.report import load_per_user, mean_std, paired_p_value, seed_p_value  # noqa: E402
+from recbole_linear.workflow.compare.summary import format_p, pretty_metric  # noqa: E402
 
 
 def load_spec(path):
@@ -78,19 +65,6 @@ def read_runs(spec_dir, row, metrics):
     return os.path.dirname(runs_csv), runs
 
 
-def per_user(folder, runs, metric):
-    """Each user's ``metric`` averaged over the runs (seeds); None if a run's file is missing."""
-    users, values = [], []
-    for run in runs:
-        path = per_user_path(folder, run)
-        if path is None:
-            return None
-        with np.load(path) as data:
-            users.append(data["user"])
-            values.append(data[metric])
-    return average_by_user(users, values)
-
-
 def build(spec, spec_dir):
     """{'rows': [...], 'leads': [...]} with every figure of the table as numbers."""
     by_id = {}
@@ -119,7 +93,8 @@ def _lead(by_id, lead, metric):
     if unknown:
         raise SystemExit(f"paper_table: a lead names row '{unknown[0]}', which the spec does not have")
     a, b = by_id[lead["model"]], by_id[lead["over"]]
-    users_a, users_b = per_user(a["folder"], a["run_rows"], metric), per_user(b["folder"], b["run_rows"], metric)
+    users_a = load_per_user(a["folder"], a["run_rows"], metric=metric)
+    users_b = load_per_user(b["folder"], b["run_rows"], metric=metric)
     have_users = users_a is not None and users_b is not None
     return {
         "dataset": a["dataset"], "model": a["id"], "over": b["id"], "model_name": a["model"], "over_name": b["model"],
@@ -131,12 +106,6 @@ def _lead(by_id, lead, metric):
         "p_seeds": seed_p_value([float(r[f"test_{metric}"]) for r in a["run_rows"]],
                                 [float(r[f"test_{metric}"]) for r in b["run_rows"]]),
     }
-
-
-def _p(value):
-    if value is None:
-        return "n/a"
-    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
 
 def _paper_value(value):
@@ -164,7 +133,7 @@ def to_markdown(spec, table, command=None):
     if command:
         lines += ["Regenerate (from the committed `runs.csv` and per-user files alone):", "", "```", command, "```", ""]
     lines += [
-        "| data | model, as trained | seeds | " + " | ".join(pretty(m) for m in metrics) + " | runs |",
+        "| data | model, as trained | seeds | " + " | ".join(pretty_metric(m) for m in metrics) + " | runs |",
         "|---|---|---|" + "---|" * len(metrics) + "---|",
     ]
     for row in table["rows"]:
@@ -184,10 +153,10 @@ def to_markdown(spec, table, command=None):
         ]
         for lead in table["leads"]:
             users = "" if lead["users"] is None else f" ({lead['users']:,})"
-            seeds = "n/a (needs 2 seeds each)" if lead["p_seeds"] is None else _p(lead["p_seeds"])
+            seeds = "n/a (needs 2 seeds each)" if lead["p_seeds"] is None else format_p(lead["p_seeds"])
             lines.append(
-                f"| {lead['dataset']} | {lead['model_name']} over {lead['over_name']}, {pretty(lead['metric'])} | "
-                f"{_percent(lead['ours'])} | {_percent(lead['paper'])} | {_p(lead['p_users'])}{users} | {seeds} |"
+                f"| {lead['dataset']} | {lead['model_name']} over {lead['over_name']}, {pretty_metric(lead['metric'])} | "
+                f"{_percent(lead['ours'])} | {_percent(lead['paper'])} | {format_p(lead['p_users'])}{users} | {seeds} |"
             )
     if spec.get("not_run"):
         lines += ["", "Not run:", ""] + [f"- {line}" for line in spec["not_run"]]

@@ -72,26 +72,29 @@ def config_signature(config):
     return hashlib.sha1(config_settings(config).encode("utf-8")).hexdigest()
 
 
-def differing_keys(saved_text, config):
-    """The settings keys whose values differ between a saved file and ``config`` (sorted)."""
-    saved, now = json.loads(saved_text), json.loads(config_settings(config))
+def _differing_keys(saved, now):
+    """The keys whose values differ between two settings mappings (sorted)."""
     return sorted(k for k in saved.keys() | now.keys() if saved.get(k, "absent") != now.get(k, "absent"))
 
 
 def settings_difference(saved_text, config, shown=6):
     """``key: saved -> now`` for the settings that differ ('absent' where one side lacks the key)."""
     saved, now = json.loads(saved_text), json.loads(config_settings(config))
-    keys = differing_keys(saved_text, config)
+    keys = _differing_keys(saved, now)
     text = ", ".join(f"{k}: {saved.get(k, 'absent')} -> {now.get(k, 'absent')}" for k in keys[:shown])
     return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
-def added_at_default(saved_text, config):
-    """The keys a saved file lacks whose value in ``config`` is the plugin's default for them."""
+def options_added_since(saved_text, config):
+    """The keys by which ``config`` differs from the saved settings when every one of them is a key
+    the file lacks and ``config`` leaves at the plugin's default for it; else []."""
     saved, now = json.loads(saved_text), json.loads(config_settings(config))
     defaults = {**read_yaml(paths.overall_property_file()), **load_model_properties(config["model"])}
     defaults = json.loads(json.dumps(defaults, sort_keys=True, default=str))  # as config_settings writes values
-    return sorted(k for k in now.keys() - saved.keys() if k in defaults and defaults[k] == now[k])
+    keys = _differing_keys(saved, now)
+    if all(k not in saved and k in defaults and defaults[k] == now.get(k, "absent") for k in keys):
+        return keys
+    return []
 
 
 def set_aside_file_for(path, signature):
@@ -217,24 +220,24 @@ def load(trainer, path):
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         logger.warning(f"ignoring resume file {path}: not written by this version of recbole_linear")
         return None
-    if state["config_signature"] != config_signature(trainer.config) and "config_settings" in state:
-        added = added_at_default(state["config_settings"], trainer.config)
-        if added and set(differing_keys(state["config_settings"], trainer.config)) <= set(added):
-            logger.info(
-                f"resuming from {path}: written before the plugin had {', '.join(added)}, "
-                "which this run leaves at their defaults"
-            )
-            return state
-    if state["config_signature"] != config_signature(trainer.config):
-        differing = settings_difference(state["config_settings"], trainer.config) if "config_settings" in state else None
-        aside = set_aside_file_for(path, state["config_signature"])
-        os.replace(path, aside)
-        logger.warning(
-            f"not resuming from {path}: it was written under other settings"
-            f" ({differing or 'written before settings were recorded'}); kept as {aside}; training from the start"
+    if state["config_signature"] == config_signature(trainer.config):
+        return state
+    settings = state.get("config_settings")
+    added = options_added_since(settings, trainer.config) if settings else []
+    if added:
+        logger.info(
+            f"resuming from {path}: written before the plugin had {', '.join(added)}, "
+            "which this run leaves at their defaults"
         )
-        return None
-    return state
+        return state
+    differing = settings_difference(settings, trainer.config) if settings else None
+    aside = set_aside_file_for(path, state["config_signature"])
+    os.replace(path, aside)
+    logger.warning(
+        f"not resuming from {path}: it was written under other settings"
+        f" ({differing or 'written before settings were recorded'}); kept as {aside}; training from the start"
+    )
+    return None
 
 
 def restore(trainer, state, train_data):

@@ -351,16 +351,22 @@ def test_random_states_round_trip_including_the_loader_generator():
     assert first[2] == again[2] and torch.equal(first[3], again[3])
 
 
-def test_resume_file_of_other_settings_is_set_aside_not_used(tiny_data_path, tmp_path, monkeypatch, caplog):
-    """Not resumed from, and not overwritten either: the run under the new settings saves its own
-    file, so the old one (maybe hours of training) is renamed and the warning names what differs."""
-    monkeypatch.chdir(tmp_path)
+def _one_epoch_with_resume_file(model, tiny_data_path, tmp_path):
+    """(args, config, trainer, resume file) of a 1-epoch run that kept its resume file under tmp_path."""
     args = tiny_cmd_args(tiny_data_path, show_progress=False)
-    config = create_config("SASRec", TINY_DATASET, cmd_args=args + [f"--checkpoint_dir={tmp_path / 'saved'}"])
+    config = create_config(model, TINY_DATASET, cmd_args=args + [f"--checkpoint_dir={tmp_path / 'saved'}"])
     _, (train_data, valid_data, _), _, trainer = prepare(config)
     path = str(tmp_path / "saved" / "run.resume.pth")
     trainer.enable_resume(path)
     trainer.fit(train_data, valid_data, saved=True)
+    return args, config, trainer, path
+
+
+def test_resume_file_of_other_settings_is_set_aside_not_used(tiny_data_path, tmp_path, monkeypatch, caplog):
+    """Not resumed from, and not overwritten either: the run under the new settings saves its own
+    file, so the old one (maybe hours of training) is renamed and the warning names what differs."""
+    monkeypatch.chdir(tmp_path)
+    args, config, trainer, path = _one_epoch_with_resume_file("SASRec", tiny_data_path, tmp_path)
     assert resume.load(trainer, path)["epoch"] == 0
     saved_state = load_checkpoint(path)
     other = create_config("SASRec", TINY_DATASET, cmd_args=args + ["--learning_rate=0.005"])
@@ -394,12 +400,7 @@ def test_options_added_since_the_file_at_their_defaults_do_not_stop_a_resume(tin
     plugin-wide ce_block_rows and LRURec's own lru_dropout_prob, as if added since) keep their
     defaults; set one of them to another value and the file is set aside as before."""
     monkeypatch.chdir(tmp_path)
-    args = tiny_cmd_args(tiny_data_path, show_progress=False)
-    config = create_config("LRURec", TINY_DATASET, cmd_args=args + [f"--checkpoint_dir={tmp_path / 'saved'}"])
-    _, (train_data, valid_data, _), _, trainer = prepare(config)
-    path = str(tmp_path / "saved" / "run.resume.pth")
-    trainer.enable_resume(path)
-    trainer.fit(train_data, valid_data, saved=True)
+    args, config, trainer, path = _one_epoch_with_resume_file("LRURec", tiny_data_path, tmp_path)
     old = _as_if_written_before(path, ["ce_block_rows", "lru_dropout_prob"])
     assert old["config_signature"] != resume.config_signature(config)
 

@@ -155,19 +155,20 @@ def per_user_path(output_dir, row):
     return None
 
 
-def _load_per_user(output_dir, rows, missing):
-    """Each user's NDCG@10 averaged over ``rows`` (one per seed), or None if a run's file is
-    absent; the ids of runs without a file are appended to ``missing``."""
+def load_per_user(output_dir, rows, missing=None, metric=SIGNIFICANCE_METRIC):
+    """(users, each user's ``metric`` averaged over ``rows``, one per seed), or None if a run's
+    file is absent; the ids of runs without a file are appended to ``missing`` when given."""
     users, values, complete = [], [], True
     for row in rows:
         path = per_user_path(output_dir, row)
         if path is None:
-            missing.append(row.get("run_id") or f"{row['model']} seed={row['seed']}")
+            if missing is not None:
+                missing.append(row.get("run_id") or f"{row['model']} seed={row['seed']}")
             complete = False
             continue
         with np.load(path) as data:
             users.append(data["user"])
-            values.append(data[SIGNIFICANCE_METRIC])
+            values.append(data[metric])
     return average_by_user(users, values) if complete and users else None
 
 
@@ -263,12 +264,12 @@ def _significance(rows, models, ok_rows, stats, metrics, output_dir):
     if output_dir is None:
         return baseline, {}, []
     missing = []
-    reference = _load_per_user(output_dir, ok_rows[baseline], missing)
+    reference = load_per_user(output_dir, ok_rows[baseline], missing)
     p_values = {}
     for model in models:
         if model == baseline or not ok_rows[model]:
             continue
-        per_user = _load_per_user(output_dir, ok_rows[model], missing)
+        per_user = load_per_user(output_dir, ok_rows[model], missing)
         if reference is None or per_user is None:
             p_values[model] = float("nan")
         else:

@@ -194,6 +194,15 @@ def test_store_keeps_finished_trials_and_drops_a_torn_last_line(tmp_path):
     with open(path) as f:
         text = f.read()
     assert text.endswith("\n") and "learning_\n" not in text and len(read_trials(tmp_path)) == 2
+    # a file written before the train_seconds column still loads, the value unknown
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[c for c in rows[0] if c != "train_seconds"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    reloaded = tune_store.TrialStore(path).load()
+    assert [r["train_seconds"] for r in reloaded.records] == [None, None] and len(reloaded) == 2
     # a new parameter column rewrites the header, old rows get empty cells
     reloaded.add(dict(_record(0.1, 0.1), params={"learning_rate": 0.1, "dropout_prob": 0.2}))
     rows = read_trials(tmp_path)
@@ -331,7 +340,12 @@ def test_trial_cut_off_mid_training_continues_from_its_last_epoch(tiny_fixed, tm
     assert restored_epochs == [0] and summary["trained"] == 1
     assert rerun.results[0]["epochs_trained"] == 2  # epoch 0 from the file, epoch 1 trained now
     assert not os.path.exists(resume_file)
-    assert len(read_trials(output_dir)) == 1
+    rows = read_trials(output_dir)
+    assert len(rows) == 1
+    # train_seconds spans both processes' epochs; seconds is the rerun's wall-clock only
+    epoch_seconds = rerun.results[0]["epoch_train_seconds"]
+    assert len(epoch_seconds) == 2 and all(t > 0 for t in epoch_seconds)
+    assert float(rows[0]["train_seconds"]) == pytest.approx(sum(epoch_seconds), abs=1e-3)
 
 
 # --- Ray ---------------------------------------------------------------------------------

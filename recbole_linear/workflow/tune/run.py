@@ -227,8 +227,8 @@ class TuningRun:
             f"`{BEST_NAME}`; every column: `{CSV_NAME}`.",
             "",
             "| rank | trial | " + " | ".join(names) + f" | valid {self.metric} | "
-            + " | ".join(f"test {m}" for m in tests) + " | weights | epochs | seconds |",
-            "|" + "---:|" * (2 + len(names) + 1 + len(tests) + 3),
+            + " | ".join(f"test {m}" for m in tests) + " | weights | epochs | seconds | train seconds |",
+            "|" + "---:|" * (2 + len(names) + 1 + len(tests) + 4),
         ]
         for rank, record in enumerate(records, 1):
             cells = [str(rank), str(record["trial"])]
@@ -239,6 +239,7 @@ class TuningRun:
                 f"{record['num_parameters']:,}" if record.get("num_parameters") is not None else "",
                 str(record.get("epochs_trained") or ""),
                 f"{record['seconds']:.1f}" if record.get("seconds") is not None else "",
+                f"{record['train_seconds']:.1f}" if record.get("train_seconds") is not None else "",
             ]
             lines.append("| " + " | ".join(cells) + " |")
         atomic_write(os.path.join(self.output_dir, MD_NAME), "\n".join(lines) + "\n")

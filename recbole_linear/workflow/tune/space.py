@@ -33,8 +33,8 @@ TIED_PARAMS = {
 }
 
 CSV_NAME = "trials.csv"
-_RESERVED_COLUMNS = ("trial", "valid_score", "num_parameters", "epochs_trained", "seconds", "checkpoint",
-                     "finished_at", "params")
+_RESERVED_COLUMNS = ("trial", "valid_score", "num_parameters", "epochs_trained", "seconds", "train_seconds",
+                     "checkpoint", "finished_at", "params")
 _LINE_FORMS = ("'<name> choice [v1, v2, ...]', '<name> uniform <low>,<high>', "
                "'<name> loguniform <low>,<high>' or '<name> quniform <low>,<high>,<q>'")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

@@ -45,8 +45,10 @@ class TrialStore:
 
     The ``params`` column (canonical JSON) is the trial's identity; the other columns are for
     reading: one per parameter, ``valid_score`` (the valid metric), ``valid_<metric>`` and
-    ``test_<metric>`` for every metric, size, epochs, seconds, checkpoint (stored relative to the
-    file's folder, so that the folder can move; read back as a full path), finish time.
+    ``test_<metric>`` for every metric, size, epochs, ``seconds`` (wall-clock of the process that
+    finished the trial: since its last resume, if it was cut off), ``train_seconds`` (training time
+    of every epoch, resumed ones included; evaluation not counted), checkpoint (stored relative to
+    the file's folder, so that the folder can move; read back as a full path), finish time.
     """
 
     def __init__(self, path):
@@ -173,6 +175,7 @@ class TrialStore:
             "num_parameters": optional("num_parameters", int),
             "epochs_trained": optional("epochs_trained", int),
             "seconds": optional("seconds", float),
+            "train_seconds": optional("train_seconds", float),  # absent from files written before it
             "checkpoint": row.get("checkpoint") or None,
             "finished_at": row.get("finished_at") or None,
         }
@@ -188,6 +191,7 @@ def make_record(params, result, seconds):
         "num_parameters": result.get("num_parameters"),
         "epochs_trained": result.get("epochs_trained"),
         "seconds": round(seconds, 3),
+        "train_seconds": round(sum(result["epoch_train_seconds"]), 3) if result.get("epoch_train_seconds") else None,
         "checkpoint": os.path.abspath(result["saved_model_file"]) if result.get("saved_model_file") else None,
         "finished_at": datetime.now().isoformat(timespec="seconds"),
     }

@@ -122,3 +122,32 @@ def test_committed_table3_is_what_its_runs_give(tmp_path):
         committed = open(os.path.join(ROOT, "results", name), encoding="utf-8").read()
         missing = [line for line in table_lines if line not in committed]
         assert not missing, f"results/{name} differs from the render of lru-paper-table3.yaml: {missing[0]}"
+
+
+def test_committed_dropout_search_table_is_what_its_trials_give():
+    """results/video-lru-dropout-search.md lists every finished trial of its two trials.csv files,
+    each with the CSV's validation, best epoch (epochs − 1 − 11 validations × 4) and test metrics;
+    no row is called finished without a CSV row behind it."""
+    folder = os.path.join(ROOT, "results", "video-lru-dropout-search")
+    text = open(folder + ".md", encoding="utf-8").read()
+    table = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| SASRec |") or line.startswith("| LRURec |"):
+            table[cells[0], cells[1]] = cells
+    dropout_key = {"SASRec": "hidden_dropout_prob", "LRURec": "dropout_prob"}
+    finished = set()
+    for model, key in dropout_key.items():
+        for trial in csv.DictReader(open(os.path.join(folder, f"{model}-trials.csv"))):
+            cells = table.get((model, trial[key]))
+            assert cells is not None, f"{model} at dropout {trial[key]} finished but is not in the table"
+            best_epoch = int(trial["epochs_trained"]) - 1 - 11 * 4
+            expected = ["finished", f"{float(trial['valid_score']):.4f} ({best_epoch})"] + [
+                f"{float(trial[f'test_{m}']):.4f}" for m in ("ndcg@10", "recall@10", "ndcg@20", "recall@20")
+            ] + [trial["epochs_trained"]]
+            assert cells[2:] == expected, f"{model} at dropout {trial[key]}: table {cells[2:]}, CSV {expected}"
+            finished.add((model, trial[key]))
+    called_finished = {name for name, cells in table.items() if cells[2] == "finished"}
+    assert called_finished == finished
+    done = len(finished)
+    assert f"**Status: {done} of 8 points finished.**" in text or done == 8

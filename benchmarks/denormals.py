@@ -12,8 +12,9 @@ sampled loss), on its own dataset, for ``--batches`` training batches of its all
 
     python benchmarks/denormals.py --data_path ../shared/datasets CHECKPOINT.pth [...]
 
-The rows go to ``benchmarks/results/denormals.csv`` and a table to ``denormals.md``
-(``--report``: the table from the CSV only).
+The rows go to ``benchmarks/results/denormals.csv``, replacing the rows of the same checkpoint file
+name and keeping the others (their checkpoints need not exist any more), and a table to
+``denormals.md`` (``--report``: the table from the CSV only).
 """
 import argparse
 import csv
@@ -33,7 +34,7 @@ from recbole_linear.trainer import get_trainer  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 CSV_FILE = os.path.join(RESULTS, "denormals.csv")
-COLUMNS = ["checkpoint", "model", "dataset", "loss_type", "batches", "targets", "max_logit_spread",
+COLUMNS = ["checkpoint", "model", "dataset", "loss_type", "epoch", "batches", "targets", "max_logit_spread",
            "subnormal_probabilities", "subnormal_gradient", "step_ms_flush_off", "step_ms_flush_on",
            "max_grad_difference", "valid_flush_off", "valid_flush_on"]
 SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
@@ -104,7 +105,8 @@ def measure(checkpoint, args):
     torch.set_flush_denormal(False)
     return {
         "checkpoint": os.path.basename(checkpoint), "model": config["model"], "dataset": config["dataset"],
-        "loss_type": config["loss_type"], "batches": len(batches), "targets": int(targets),
+        "loss_type": config["loss_type"], "epoch": torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"],
+        "batches": len(batches), "targets": int(targets),
         "max_logit_spread": round(spread, 1),
         "subnormal_probabilities": f"{probability_share / targets:.2e}", "subnormal_gradient": f"{gradient_share / targets:.2e}",
         "step_ms_flush_off": round(1000 * min(times[False][1:]), 1), "step_ms_flush_on": round(1000 * min(times[True][1:]), 1),
@@ -120,21 +122,22 @@ def write_report(command):
     lines = [
         "# Subnormal floats in the full-CE gradient of trained models",
         "",
-        "Each row: a finished run's best checkpoint on its own dataset; the full-CE softmax and its gradient",
+        "Each row: a run's best checkpoint (the epoch its weights are from) on its own dataset; the full-CE softmax and its gradient",
         "`(softmax - onehot) / N` over all items, for the trained positions of the first training batches of its",
         "all-position loader (shuffled, seed 0); a subnormal is 0 < |x| < 2^-126 = 1.18e-38. One forward and",
         "backward (block-wise CE, fp32, one torch thread) timed with `torch.set_flush_denormal` off and on, in turn",
         "(the fastest of the rounds; other jobs shared the CPU), the largest difference between the two modes'",
         "parameter gradients, and whether the validation metrics are equal in both modes.",
         "",
-        "| run | loss trained with | targets | largest logit spread of a row | subnormal softmax share | "
+        "| run | loss trained with | epoch | targets | largest logit spread of a row | subnormal softmax share | "
         "subnormal gradient share | step, flush off (ms) | step, flush on (ms) | largest gradient difference | "
         "validation metrics equal |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} on {r['dataset']} (`{r['checkpoint']}`) | {r['loss_type']} | {int(r['targets']):,} | "
+            f"| {r['model']} on {r['dataset']} (`{r['checkpoint']}`) | {r['loss_type']} | {r.get('epoch') or 'not recorded'} | "
+            f"{int(r['targets']):,} | "
             f"{r['max_logit_spread']} | {r['subnormal_probabilities']} | {r['subnormal_gradient']} | "
             f"{r['step_ms_flush_off']} | {r['step_ms_flush_on']} | {r['max_grad_difference']} | "
             f"{r['valid_flush_off'] == r['valid_flush_on']} |"
@@ -170,6 +173,10 @@ def main():
             parser.error("give checkpoints and --data_path (or --report)")
         torch.set_num_threads(1)
         rows = [measure(path, args) for path in args.checkpoints]
+        measured = {row["checkpoint"] for row in rows}
+        if os.path.exists(CSV_FILE):
+            with open(CSV_FILE) as f:
+                rows = [row for row in csv.DictReader(f) if row["checkpoint"] not in measured] + rows
         os.makedirs(RESULTS, exist_ok=True)
         with open(CSV_FILE, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)

@@ -6,8 +6,9 @@ The spec (YAML) names, per row, a dataset, a model as it was trained, the ``runs
 its runs (a path relative to the spec) and their run ids (one per seed), and the paper's values of
 ``metrics``. Each cell is ours / paper (ours ÷ paper − 1): our value is the mean over the row's
 seeds, with the sample standard deviation (n − 1) when there are two or more. ``leads`` name pairs
-of rows (``model`` over ``over``, by ``id``) whose relative difference in ``lead_metric`` is shown
-for us and for the paper, with two tests of ours: the two-sided Wilcoxon signed-rank test of the
+of rows (``model`` over ``over``, by ``id``; an optional ``label`` names the pair in the table where
+the two model names alone would not tell two leads apart) whose relative difference in
+``lead_metric`` is shown for us and for the paper, with two tests of ours: the two-sided Wilcoxon signed-rank test of the
 per-user values (each user averaged over seeds; the runs' per-user files) and Welch's two-sided
 t-test of the per-seed means (only where both rows have two seeds or more). The per-user test
 measures how consistently one model beats the other across users, not how far a mean moves between
@@ -97,7 +98,8 @@ def _lead(by_id, lead, metric):
     users_b = load_per_user(b["folder"], b["run_rows"], metric=metric)
     have_users = users_a is not None and users_b is not None
     return {
-        "dataset": a["dataset"], "model": a["id"], "over": b["id"], "model_name": a["model"], "over_name": b["model"],
+        "dataset": a["dataset"], "model": a["id"], "over": b["id"],
+        "label": lead.get("label") or f"{a['model']} over {b['model']}",
         "metric": metric,
         "ours": a["cells"][metric]["mean"] / b["cells"][metric]["mean"] - 1,
         "paper": a["cells"][metric]["paper"] / b["cells"][metric]["paper"] - 1,
@@ -155,7 +157,7 @@ def to_markdown(spec, table, command=None):
             users = "" if lead["users"] is None else f" ({lead['users']:,})"
             seeds = "n/a (needs 2 seeds each)" if lead["p_seeds"] is None else format_p(lead["p_seeds"])
             lines.append(
-                f"| {lead['dataset']} | {lead['model_name']} over {lead['over_name']}, {pretty_metric(lead['metric'])} | "
+                f"| {lead['dataset']} | {lead['label']}, {pretty_metric(lead['metric'])} | "
                 f"{_percent(lead['ours'])} | {_percent(lead['paper'])} | {format_p(lead['p_users'])}{users} | {seeds} |"
             )
     if spec.get("not_run"):

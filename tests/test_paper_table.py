@@ -58,7 +58,7 @@ def test_table_means_gaps_and_both_tests(tmp_path):
          "run_ids": ["Base-seed1-abcd1234"], "paper": [0.4, 0.2]},
         {"id": "base3", "dataset": "Toy", "model": "Base", "trained": "3 seeds", "runs": "toy/runs.csv",
          "run_ids": [f"Base-seed{s}-abcd1234" for s in (1, 2, 3)], "paper": [0.4, 0.2]},
-    ], leads=[{"model": "ours", "over": "base"}, {"model": "ours", "over": "base3"}])
+    ], leads=[{"model": "ours", "over": "base"}, {"model": "ours", "over": "base3", "label": "Ours over Base (3 seeds)"}])
     output = tmp_path / "out" / "table"
     os.makedirs(output.parent)
     paper_table.main([str(spec_path), "--output", str(output)])
@@ -73,6 +73,8 @@ def test_table_means_gaps_and_both_tests(tmp_path):
     base_one = float(f"{base[1].mean():.6f}")
     assert f"{base_one:.4f} / .20000 (" in md  # one seed: no ± part
     assert "- Dataset Z: no files." in md
+    assert "| Toy | Ours over Base, NDCG@10 | " in md  # no label: the two rows' model names
+    assert "| Toy | Ours over Base (3 seeds), NDCG@10 | " in md  # the spec's label
 
     table = paper_table.build(paper_table.load_spec(spec_path), str(tmp_path))
     lead_one, lead_three = table["leads"]

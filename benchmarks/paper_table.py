@@ -8,11 +8,11 @@ its runs (a path relative to the spec) and their run ids (one per seed), and the
 seeds, with the sample standard deviation (n − 1) when there are two or more. ``leads`` name pairs
 of rows (``model`` over ``over``, by ``id``; an optional ``label`` names the pair in the table where
 the two model names alone would not tell two leads apart) whose relative difference in
-``lead_metric`` is shown for us and for the paper, with two tests of ours: the two-sided Wilcoxon signed-rank test of the
-per-user values (each user averaged over seeds; the runs' per-user files) and Welch's two-sided
-t-test of the per-seed means (only where both rows have two seeds or more). The per-user test
-measures how consistently one model beats the other across users, not how far a mean moves between
-seeds; the test across seeds does. ``not_run`` lines are listed under the table.
+``lead_metric`` is shown for us and for the paper, with two tests of ours: the two-sided Wilcoxon
+signed-rank test of the per-user values (each user averaged over seeds; the runs' per-user files)
+and Welch's two-sided t-test of the per-seed means (only where both rows have two seeds or more).
+The per-user test measures how consistently one model beats the other across users, not how far a
+mean moves between seeds; the test across seeds does. ``not_run`` lines are listed under the table.
 
 Writes ``<output>.md`` and ``<output>.csv``. A run that is missing, failed or lacks a metric stops
 the script with a one-line error: every number must come from a finished run.

@@ -58,7 +58,8 @@ def test_table_means_gaps_and_both_tests(tmp_path):
          "run_ids": ["Base-seed1-abcd1234"], "paper": [0.4, 0.2]},
         {"id": "base3", "dataset": "Toy", "model": "Base", "trained": "3 seeds", "runs": "toy/runs.csv",
          "run_ids": [f"Base-seed{s}-abcd1234" for s in (1, 2, 3)], "paper": [0.4, 0.2]},
-    ], leads=[{"model": "ours", "over": "base"}, {"model": "ours", "over": "base3", "label": "Ours over Base (3 seeds)"}])
+    ], leads=[{"model": "ours", "over": "base"},
+              {"model": "ours", "over": "base3", "label": "Ours over Base (3 seeds)"}])
     output = tmp_path / "out" / "table"
     os.makedirs(output.parent)
     paper_table.main([str(spec_path), "--output", str(output)])

@@ -7,69 +7,34 @@ import torch
 from torch import nn
 
 from recbole_linear import precision
-from recbole_linear.all_positions import AllPositionTrainDataLoader
 from recbole_linear.config import create_config
 from recbole_linear.errors import ConfigError
 from recbole_linear.layers.mixed_precision import at_least_fp32
-from recbole_linear.quick_start import prepare
 from tests.conftest import TINY_DATASET
+from tests.precision_checks import (
+    CASE_IDS,
+    MODEL_CASES,
+    batch_loss,
+    check_scores_and_loss_near_fp32,
+    check_short_training,
+    first_batch,
+    prepared,
+)
 
 pytestmark = pytest.mark.skipif(not precision.cpu_supports_bf16(), reason="this CPU has no native bf16 products")
 
-# model, extra settings: every model in the regimes it trains in
-MODEL_CASES = [
-    ("LRURec", {"train_all_positions": True}),
-    ("LRURec", {}),
-    ("LinRec", {"linrec_causal": True, "train_all_positions": True}),
-    ("LinRec", {}),
-    ("GLINTRU", {}),
-    ("SASRec", {"train_all_positions": True}),
-    ("GRU4Rec", {"train_all_positions": True}),
-]
-CASE_IDS = [f"{m}-{'all' if e.get('train_all_positions') else 'prefix'}" for m, e in MODEL_CASES]
 
-# bf16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2%); through a few layers and the
-# item scoring the errors add up to ~1% of the largest score. Stated bound: 3%.
-SCORE_TOLERANCE = 0.03
-LOSS_TOLERANCE = 0.01  # relative, on the batch loss (a mean over many positions averages the rounding)
-
-
-def prepared(tiny_run_dict, tmp_path, monkeypatch, model_name, extra, **settings):
-    monkeypatch.chdir(tmp_path)
-    config = create_config(model_name, TINY_DATASET, config_dict=dict(tiny_run_dict, **extra, **settings))
-    _, (train_data, valid_data, test_data), model, trainer = prepare(config)
-    return config, train_data, valid_data, model, trainer
-
-
-def first_batch(data):
-    batch = next(iter(data))
-    return batch[0] if isinstance(batch, tuple) else batch
-
-
-def batch_loss(trainer, train_data, interaction):
-    if isinstance(train_data, AllPositionTrainDataLoader):
-        return train_data.loss_function(trainer.model)(interaction)
-    return trainer.model.calculate_loss(interaction)
+@pytest.fixture
+def tiny_run_dict(tiny_run_dict):
+    """This file checks the CPU's bf16: every run stays on the CPU, also on a machine with a GPU
+    (``test_precision_cuda.py`` checks the GPU)."""
+    return dict(tiny_run_dict, gpu_id="")  # RecBole 1.2.1 picks the device from gpu_id alone
 
 
 @pytest.mark.parametrize("model_name, extra", MODEL_CASES, ids=CASE_IDS)
 def test_bf16_scores_and_loss_are_within_tolerance_of_fp32(tiny_run_dict, tmp_path, monkeypatch, model_name, extra):
     _, train_data, valid_data, model, trainer = prepared(tiny_run_dict, tmp_path, monkeypatch, model_name, extra)
-    model.eval()  # no dropout: the two precisions see the same function
-    interaction = first_batch(valid_data)
-    train_batch = first_batch(train_data)
-    with torch.no_grad():
-        scores = model.full_sort_predict(interaction)
-        loss = batch_loss(trainer, train_data, train_batch)
-        with precision.autocast("cpu", torch.bfloat16):
-            scores_bf16 = model.full_sort_predict(interaction)
-            loss_bf16 = batch_loss(trainer, train_data, train_batch)
-    assert scores_bf16.dtype == torch.bfloat16  # the scoring product did run in bf16
-    assert loss_bf16.dtype == torch.float32  # the loss is reduced in fp32
-    error = (scores_bf16.float() - scores).abs().max() / scores.abs().max()
-    assert error <= SCORE_TOLERANCE, f"bf16 scores differ by {error:.4f} of the largest score"
-    assert not torch.equal(scores_bf16.float(), scores)  # bf16 changed something: the check is not vacuous
-    assert abs(loss_bf16.item() - loss.item()) <= LOSS_TOLERANCE * abs(loss.item())
+    check_scores_and_loss_near_fp32(model, trainer, train_data, valid_data, "cpu", torch.bfloat16)
 
 
 @pytest.mark.parametrize("model_name, extra", MODEL_CASES, ids=CASE_IDS)
@@ -116,24 +81,8 @@ def test_bf16_gradients_are_finite_and_land_on_fp32_weights(tiny_run_dict, tmp_p
 
 @pytest.mark.parametrize("model_name, extra", MODEL_CASES, ids=CASE_IDS)
 def test_short_bf16_training_stays_finite_and_learns(tiny_run_dict, tmp_path, monkeypatch, model_name, extra):
-    """Three epochs with precision: bf16 through the trainer: every batch under autocast, every
-    epoch's loss finite, the loss falls, and the checkpoint holds fp32 weights."""
-    from recbole_linear import run_recbole_linear
-    from recbole_linear.trainer import PluginTrainerMixin
-
-    monkeypatch.chdir(tmp_path)
-    autocast_batches, epoch_losses = [], []
-    original = precision.autocast
-    monkeypatch.setattr(precision, "autocast", lambda *a: autocast_batches.append(a[1]) or original(*a))
-    train_epoch = PluginTrainerMixin._train_epoch
-    monkeypatch.setattr(PluginTrainerMixin, "_train_epoch", lambda self, *a, **k: epoch_losses.append(train_epoch(self, *a, **k)) or epoch_losses[-1])
-    result = run_recbole_linear(model_name, TINY_DATASET, config_dict=dict(tiny_run_dict, epochs=3, precision="bf16", **extra))
-    assert autocast_batches and set(autocast_batches) == {torch.bfloat16}
-    assert len(epoch_losses) == 3 and all(math.isfinite(v) for v in epoch_losses)
-    assert epoch_losses[-1] < epoch_losses[0]
-    assert math.isfinite(result["best_valid_score"])
-    state = torch.load(result["saved_model_file"], map_location="cpu", weights_only=False)["state_dict"]
-    assert all(v.dtype in (torch.float32, torch.int64, torch.bool) for v in state.values())
+    """Three epochs with precision: bf16 through the trainer (the checks: ``precision_checks``)."""
+    check_short_training(tiny_run_dict, tmp_path, monkeypatch, model_name, extra, "bf16", "cpu")
 
 
 def test_bf16_checkpoint_evaluates_in_fp32_and_bf16(tiny_run_dict, tmp_path, monkeypatch):
@@ -179,7 +128,7 @@ def test_recbole_enable_amp_still_trains(tiny_run_dict, tmp_path, monkeypatch):
 @pytest.mark.parametrize("settings, message", [
     ({"precision": "fp8"}, "expected one of fp32, bf16, fp16"),
     ({"precision": "bf16", "enable_amp": True}, "use one"),
-    ({"precision": "fp16"}, "fp16 needs a CUDA device"),
+    ({"precision": "fp16", "gpu_id": ""}, "fp16 needs a CUDA device"),  # "": the CPU, also where a GPU is
     ({"flush_denormal": "yes"}, "flush_denormal"),
 ])
 def test_bad_precision_settings_are_one_line_errors_before_data_loads(settings, message):

@@ -92,3 +92,22 @@ def check_short_training(tiny_run_dict, tmp_path, monkeypatch, model_name, extra
     state = torch.load(result["saved_model_file"], map_location="cpu", weights_only=False)["state_dict"]
     assert all(v.dtype in (torch.float32, torch.int64, torch.bool) for v in state.values())
     return result
+
+
+def check_checkpoint_evaluates_in_fp32(tiny_run_dict, tmp_path, monkeypatch, precision_name):
+    """Two epochs of LRURec in ``precision_name``: its checkpoint evaluates as the run did, and in
+    fp32 with ``--precision=fp32``, within one user's rank move of each other."""
+    from recbole_linear import run_recbole_linear
+    from recbole_linear.quick_start import evaluate_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    result = run_recbole_linear(
+        "LRURec", TINY_DATASET, config_dict=dict(tiny_run_dict, epochs=2, precision=precision_name, train_all_positions=True)
+    )
+    _, _, test_low = evaluate_checkpoint(result["saved_model_file"])
+    assert test_low == dict(result["test_result"])  # the run's own precision, as the checkpoint says
+    config, _, test_fp32 = evaluate_checkpoint(result["saved_model_file"], ["--precision=fp32"])
+    assert config["precision"] == "fp32"
+    assert test_fp32.keys() == test_low.keys()
+    for key in test_fp32:  # 40 users: one user's rank may move across a cut-off
+        assert abs(test_fp32[key] - test_low[key]) <= 0.05, key

@@ -15,6 +15,7 @@ from tests.precision_checks import (
     CASE_IDS,
     MODEL_CASES,
     batch_loss,
+    check_checkpoint_evaluates_in_fp32,
     check_scores_and_loss_near_fp32,
     check_short_training,
     first_batch,
@@ -86,20 +87,7 @@ def test_short_bf16_training_stays_finite_and_learns(tiny_run_dict, tmp_path, mo
 
 
 def test_bf16_checkpoint_evaluates_in_fp32_and_bf16(tiny_run_dict, tmp_path, monkeypatch):
-    from recbole_linear import run_recbole_linear
-    from recbole_linear.quick_start import evaluate_checkpoint
-
-    monkeypatch.chdir(tmp_path)
-    result = run_recbole_linear(
-        "LRURec", TINY_DATASET, config_dict=dict(tiny_run_dict, epochs=2, precision="bf16", train_all_positions=True)
-    )
-    _, _, test_bf16 = evaluate_checkpoint(result["saved_model_file"])
-    assert test_bf16 == dict(result["test_result"])  # the run evaluated in bf16, as the checkpoint says
-    config, _, test_fp32 = evaluate_checkpoint(result["saved_model_file"], ["--precision=fp32"])
-    assert config["precision"] == "fp32"
-    assert test_fp32.keys() == test_bf16.keys()
-    for key in test_fp32:  # 40 users: one user's rank may move across a cut-off
-        assert abs(test_fp32[key] - test_bf16[key]) <= 0.05, key
+    check_checkpoint_evaluates_in_fp32(tiny_run_dict, tmp_path, monkeypatch, "bf16")
 
 
 def test_training_runs_every_loss_under_autocast_and_fp32_runs_none(tiny_run_dict, tmp_path, monkeypatch):

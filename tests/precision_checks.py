@@ -5,10 +5,11 @@ import math
 
 import torch
 
-from recbole_linear import precision
+from recbole_linear import precision, run_recbole_linear
 from recbole_linear.all_positions import AllPositionTrainDataLoader
 from recbole_linear.config import create_config
-from recbole_linear.quick_start import prepare
+from recbole_linear.quick_start import evaluate_checkpoint, prepare
+from recbole_linear.trainer import PluginTrainerMixin
 from tests.conftest import TINY_DATASET
 
 # model, extra settings: every model in the regimes it trains in
@@ -71,9 +72,6 @@ def check_short_training(tiny_run_dict, tmp_path, monkeypatch, model_name, extra
     """Three epochs with ``precision: precision_name`` through the trainer: every batch under autocast
     on ``device_type``, gradient scaling exactly when fp16, every epoch's loss finite, the loss falls,
     and the checkpoint holds fp32 weights. Returns the run's result."""
-    from recbole_linear import run_recbole_linear
-    from recbole_linear.trainer import PluginTrainerMixin
-
     monkeypatch.chdir(tmp_path)
     autocast_calls, epoch_losses, scaled_trainers = [], [], []
     original = precision.autocast
@@ -97,9 +95,6 @@ def check_short_training(tiny_run_dict, tmp_path, monkeypatch, model_name, extra
 def check_checkpoint_evaluates_in_fp32(tiny_run_dict, tmp_path, monkeypatch, precision_name):
     """Two epochs of LRURec in ``precision_name``: its checkpoint evaluates as the run did, and in
     fp32 with ``--precision=fp32``, within one user's rank move of each other."""
-    from recbole_linear import run_recbole_linear
-    from recbole_linear.quick_start import evaluate_checkpoint
-
     monkeypatch.chdir(tmp_path)
     result = run_recbole_linear(
         "LRURec", TINY_DATASET, config_dict=dict(tiny_run_dict, epochs=2, precision=precision_name, train_all_positions=True)

@@ -16,6 +16,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+import recbole  # noqa: E402
 import torch  # noqa: E402
 from recbole.data.interaction import Interaction  # noqa: E402
 
@@ -62,8 +63,6 @@ def base_config(max_len, device):
 
 def recbole_model_properties(model_name):
     """RecBole's own property yaml for a built-in model (as a dict)."""
-    import recbole
-
     path = os.path.join(os.path.dirname(recbole.__file__), "properties", "model", f"{model_name}.yaml")
     return read_yaml(path)
 

@@ -24,6 +24,7 @@ from recbole_linear import paths, precision
 from recbole_linear.all_positions import check_supported
 from recbole_linear.errors import ConfigError, RecBoleLinearError
 from recbole_linear.data_checks import set_default_load_col
+from recbole_linear.distributed import init_process_group
 from recbole_linear.known_keys import warn_unknown_keys
 from recbole_linear.model_names import PLUGIN_MODELS, canonical_model_name
 from recbole_linear.property_files import load_model_properties, read_yaml  # noqa: F401  (read_yaml: public here too)
@@ -244,8 +245,6 @@ class PluginConfig(Config):
     def _init_device(self):
         # RecBole's DDP branch is NCCL/CUDA only; a DDP rank (local_rank set) gets gloo on CPUs
         if "local_rank" in self.final_config_dict:
-            from recbole_linear.distributed import init_process_group
-
             init_process_group(self.final_config_dict)
         else:
             super()._init_device()

@@ -20,6 +20,7 @@ import socket
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from recbole_linear.errors import ConfigError, RecBoleLinearError
 
@@ -186,8 +187,6 @@ def spawn(worker, args, nproc):
     When a process fails, torch ends the others; a child's input error (a :class:`WorkerError`
     in the queue) is raised here as :class:`DistributedRunError`, one line.
     """
-    import torch.multiprocessing as mp
-
     queue = mp.get_context("spawn").SimpleQueue()
     threads = threads_per_process(nproc)
     if threads is not None:  # the children read it when torch starts; this process keeps its own

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from recbole.evaluator import Collector
 from recbole.trainer import AbstractTrainer
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
 from recbole_linear.all_positions import AllPositionTrainDataLoader
@@ -29,8 +30,6 @@ PER_SAMPLE_KEYS = ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.l
 
 def wrap_model(model, config):
     """``DistributedDataParallel`` around ``model``: ``device_ids`` on a GPU only (CPU modules take none)."""
-    from torch.nn.parallel import DistributedDataParallel
-
     device = torch.device(config["device"])
     if device.type == "cuda":
         return DistributedDataParallel(model, device_ids=[device.index])

@@ -11,6 +11,7 @@ import sys
 from logging import getLogger
 
 import torch
+import torch.distributed as dist
 
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
@@ -163,8 +164,6 @@ def run_recbole_linear(
 
     result = _result(config, model, trainer, best_valid_score, best_valid_result, test_result, saved)
     if not config["single_spec"]:
-        import torch.distributed as dist
-
         dist.destroy_process_group()
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)

@@ -21,6 +21,7 @@ for significance tests and splits of users) to
 than ``data_path``, which does not change the numbers), named in the row's ``per_user_file``; a
 folder of its own, so that ``--runs DIR`` never overwrites the run's own ``DIR/per_user/`` file.
 """
+import argparse
 import os
 import sys
 import time
@@ -40,8 +41,6 @@ _FIRST_COLUMNS = ["checkpoint", "settings", "run_id", "model", "dataset", "seed"
 
 
 def build_parser():
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog=f"{PROG} evaluate",
         description="Evaluate saved models again (validation and test) with their runs' configs; any "

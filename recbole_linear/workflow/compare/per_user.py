@@ -8,6 +8,7 @@ import os
 import time
 
 import numpy as np
+import torch
 
 NDCG_K = 10
 
@@ -23,8 +24,6 @@ class PerUserNDCG:
     """
 
     def __init__(self, config, k=NDCG_K):
-        import torch
-
         self.k = k
         self.depth = max(max(config["topk"] or [k]), k)
         self.uid_field = config["USER_ID_FIELD"]
@@ -57,13 +56,9 @@ class PerUserNDCG:
 
     def _sync(self):
         if self.cuda:
-            import torch
-
             torch.cuda.synchronize()
 
     def _record(self, row_users, scores, positive_u, positive_i):
-        import torch
-
         topk_index = torch.topk(scores, self.depth, dim=-1).indices[:, : self.k]
         positives = torch.zeros_like(scores, dtype=torch.int)
         positives[positive_u, positive_i] = 1

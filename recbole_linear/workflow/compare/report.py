@@ -20,6 +20,8 @@ evaluation protocol (``train_all_positions``, ``eval_mask_history``).
 import os
 
 import numpy as np
+from recbole.evaluator.register import metrics_dict, smaller_metrics
+from scipy.stats import ttest_ind, wilcoxon
 
 SIGNIFICANCE_METRIC = "ndcg@10"
 SIGNIFICANCE_TEST = "two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon)"
@@ -40,8 +42,6 @@ _EFFICIENCY_COLUMNS = (
 # --- small pieces ----------------------------------------------------------------------------
 def bigger_is_better(metric):
     """Direction of a RecBole metric key such as ``ndcg@10`` (RecBole's own ``smaller_metrics``)."""
-    from recbole.evaluator.register import smaller_metrics
-
     return metric.split("@")[0].lower() not in smaller_metrics
 
 
@@ -91,8 +91,6 @@ def paired_p_value(users_a, values_a, users_b, values_b):
     Users with equal values carry no sign and are dropped (``zero_method='wilcox'``); when every
     pair is equal the two models do not differ on these users and the p-value is 1.
     """
-    from scipy.stats import wilcoxon
-
     common, index_a, index_b = np.intersect1d(
         np.asarray(users_a).astype(str), np.asarray(users_b).astype(str), return_indices=True
     )
@@ -112,8 +110,6 @@ def seed_p_value(values_a, values_b):
     Two sets of equal values cannot be told apart and give 1; two constant but different sets
     have no spread to test against and give 0.
     """
-    from scipy.stats import ttest_ind
-
     a, b = np.asarray(values_a, dtype=float), np.asarray(values_b, dtype=float)
     if len(a) < 2 or len(b) < 2:
         return None
@@ -125,8 +121,6 @@ def seed_p_value(values_a, values_b):
 # --- the table -------------------------------------------------------------------------------
 def is_metric(name):
     """A RecBole metric key such as ``ndcg@10`` or ``auc``."""
-    from recbole.evaluator.register import metrics_dict
-
     return name.split("@")[0].lower() in metrics_dict
 
 

@@ -33,6 +33,9 @@ import traceback
 from logging import getLogger
 
 import numpy as np
+import torch
+import yaml
+from recbole.utils import init_logger, init_seed
 
 from recbole_linear import resume
 from recbole_linear.config import create_config
@@ -69,8 +72,6 @@ PATH_KEYS = ("data_path", "checkpoint_dir", "saved_model_file", "resume_file")
 def dump_config(config, path):
     """Write the run's final RecBole config dict as YAML (enums, devices... as strings), with the
     paths of :data:`PATH_KEYS` relative to the file's folder."""
-    import yaml
-
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     values = _plain(dict(config.final_config_dict))
@@ -86,8 +87,6 @@ def peak_memory(device=None):
     scale = 1024 * 1024 if sys.platform == "darwin" else 1024
     memory = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, "peak_gpu_mb": None}
     try:
-        import torch
-
         if device is not None and torch.device(device).type == "cuda":
             memory["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     except Exception:  # memory facts must never hide the run's own outcome
@@ -106,9 +105,6 @@ def _load_best(trainer, model, logger):
 
 def train_and_test(spec, facts):
     """Train and test one run; fills ``facts`` as it goes (device, config) and returns the result."""
-    import torch
-    from recbole.utils import init_logger, init_seed
-
     config = create_config(spec["model"], spec["dataset"], spec["config_files"], None, spec["cmd_args"])
     check_dataset(config)
     if (config["nproc"] or 1) > 1:  # compare --nproc=N: RecBole's DDP config key, for every run
@@ -175,8 +171,6 @@ def train_and_test_distributed(spec, facts, config):
     (checked). ``peak_rss_mb`` is this process's (the testing one); the training processes' peak
     is ``peak_rss_training_mb``. Resuming is not supported under DDP.
     """
-    import resource
-
     name = spec.get("checkpoint_name") or f"{spec['run_id']}.pth"
     saved_model_file = os.path.join(config["checkpoint_dir"], name)
     dump_config(config, spec["config_file"])

@@ -45,10 +45,14 @@ Where this differs from RecBole's ``HyperTuning``:
   browser); without plotly, a plain HTML table;
 - progress is logged (one line per trial) instead of printed.
 """
+import functools
 import logging
 import numbers
 import os
 import sys
+
+import colorlog
+from recbole.utils.logger import RemoveColorFilter, log_colors_config
 
 from recbole_linear.cli import PROG, common_parser, main, parse_known, split_config_files
 from recbole_linear.config import create_config, read_yaml
@@ -229,9 +233,6 @@ class _TuneLogging:
         self.handlers = []
 
     def __enter__(self):
-        import colorlog
-        from recbole.utils.logger import RemoveColorFilter, log_colors_config
-
         logger = logging.getLogger(LOGGER_NAME)
         logger.setLevel(logging.INFO)
         logger.propagate = False  # each trial re-initialises RecBole's root logger
@@ -358,8 +359,6 @@ def trial_objective(nproc, port, tool):
         raise ConfigError(f"--nproc must be a positive integer (processes of each trial), got {nproc}")
     if tool == "ray":
         raise ConfigError("--nproc applies to --tool=hyperopt; Ray trials run one process each")
-    import functools
-
     return functools.partial(ddp_objective_function, nproc=nproc, port=port)
 
 

@@ -14,8 +14,9 @@ import re
 import warnings
 from functools import partial
 
+import numpy as np
 import yaml
-from recbole.trainer.hyper_tuning import HyperTuning
+from recbole.trainer.hyper_tuning import HyperTuning, exhaustive_search
 from recbole.utils import set_color
 
 from recbole_linear.resume import resume_file_for
@@ -118,15 +119,11 @@ class TuningRun:
         """The suggest function fmin uses (``max_evals`` says how many points)."""
         if self.algo == "bayes":
             return quiet_import("hyperopt.tpe").suggest
-        from recbole.trainer.hyper_tuning import exhaustive_search
-
         # exhaustive: the whole grid; random: the same sampler, without replacement, capped
         return partial(exhaustive_search, nbMaxSucessiveFailures=1000)
 
     def rstate(self):
         """hyperopt's random state for fmin: RandomState up to 0.2.5, a Generator from 0.2.7."""
-        import numpy as np
-
         hyperopt = quiet_import("hyperopt")
         version = tuple(int(p) for p in re.findall(r"\d+", hyperopt.__version__)[:3])
         return np.random.default_rng(self.search_seed) if version >= (0, 2, 7) else np.random.RandomState(self.search_seed)

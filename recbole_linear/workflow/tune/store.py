@@ -4,10 +4,12 @@ A trial's identity is its parameters as canonical JSON (:func:`~recbole_linear.w
 a rerun into the same folder serves stored trials from the file instead of training them.
 """
 import csv
+import importlib
 import io
 import json
 import os
 import time
+import warnings
 from datetime import datetime
 
 from recbole_linear.errors import RecBoleLinearError
@@ -22,9 +24,6 @@ class TrialFailedError(RecBoleLinearError):
 # --- trials on disk -----------------------------------------------------------------------
 def quiet_import(name):
     """Import hyperopt/ray without their 'pkg_resources is deprecated' import-time warning."""
-    import importlib
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
